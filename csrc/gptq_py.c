@@ -1,0 +1,6 @@
+/* gptq_py.c — Python binding of the gptq area (see binding_py.h for the shape every binding follows). */
+#include "binding_py.h"
+
+PyMethodDef mx_py_gptq_methods[] = {
+    {NULL, NULL, 0, NULL},
+};

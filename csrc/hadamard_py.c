@@ -1,0 +1,6 @@
+/* hadamard_py.c — Python binding of the hadamard area (see binding_py.h for the shape every binding follows). */
+#include "binding_py.h"
+
+PyMethodDef mx_py_hadamard_methods[] = {
+    {NULL, NULL, 0, NULL},
+};

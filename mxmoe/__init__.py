@@ -1,0 +1,63 @@
+"""mxmoe — mixed-precision quantization of Mixture-of-Experts models (MxMoE, arXiv 2505.05799).
+
+    import mxmoe
+    qmodel = mxmoe.quantize(model, calib_texts, tokenizer=tok, wbits=3.25, r=0.75)
+    mxmoe.save_quantized(qmodel, "out/")
+
+Importing mxmoe needs only NumPy: public names are resolved lazily from their modules (table below), and torch /
+transformers are imported only by the functions that work on models.  The C core is mxmoe._C; the GPU kernels are
+mxmoe._cuda (see cuda_status()).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+from ._cuda_status import cuda_available, cuda_status
+from ._scheme import Scheme, SchemeLike, as_scheme, scheme_id, schemes
+
+# public name -> module that defines it (imported on first use)
+_LAZY_EXPORTS = {
+    "QuantizedWeight": "mxmoe.quant",
+    "QuantizedActivations": "mxmoe.quant",
+    "quantize_rtn": "mxmoe.quant",
+    "quantize_activations": "mxmoe.quant",
+    "dequantize_activations": "mxmoe.quant",
+    "GemmProblem": "mxmoe.gemm",
+    "ref_group_gemm": "mxmoe.gemm",
+    "hadamard_transform": "mxmoe.hadamard",
+    "hadamard_matrix": "mxmoe.hadamard",
+    "gptq": "mxmoe.gptq",
+    "Profile": "mxmoe.profile",
+    "profile": "mxmoe.profile",
+    "estimate_loss": "mxmoe.loss",
+    "CostModel": "mxmoe.cost",
+    "allocate_blocks": "mxmoe.allocate",
+    "allocate": "mxmoe.allocate",
+    "Plan": "mxmoe.allocate",
+    "quantize": "mxmoe.model",
+    "MxMoEExperts": "mxmoe.experts",
+    "save_quantized": "mxmoe.checkpoint",
+    "load_quantized": "mxmoe.checkpoint",
+    "perplexity": "mxmoe.evaluate",
+    "plot_plan": "mxmoe.plot",
+    "plot_pareto": "mxmoe.plot",
+}
+
+__all__ = ["Scheme", "SchemeLike", "as_scheme", "scheme_id", "schemes", "cuda_available", "cuda_status",
+           "__version__", *_LAZY_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'mxmoe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))
