@@ -283,3 +283,187 @@ enum mx_status mx_unpack_codes(const uint32_t *qweight, int64_t N, int64_t K, co
         for (int64_t p = 0; p < packs; p++) unpack32(qweight + (n * packs + p) * bits, bits, codes + n * K + p * 32);
     return MX_OK;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * RTN and dequantization.
+ * ---------------------------------------------------------------------------------------------------------- */
+
+/* First non-finite element of a [rows, cols] f32 array, or -1. */
+static int64_t find_nonfinite(const float *x, int64_t count) {
+    for (int64_t i = 0; i < count; i++)
+        if (!isfinite(x[i])) return i;
+    return -1;
+}
+
+static enum mx_status check_weight_buffers(int64_t N, int64_t K, const mx_scheme *s, const void *qweight,
+                                           const void *scales, const void *zeros, const char *what, mx_error *err) {
+    enum mx_status st = mx_check_weight_shape(N, K, s, err);
+    if (st != MX_OK) return st;
+    if (!qweight) return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: qweight is NULL", what);
+    if (s->w_bits != 16 && !scales) return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: scales is NULL", what);
+    if (s->w_bits != 16 && !s->symmetric && !is_fp8_weight(s) && !zeros)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: zeros is NULL for an asym scheme", what);
+    return MX_OK;
+}
+
+// w: [N, K] f32 -> qweight [N, K/32*W] u32 (u16 [N, K] for w16), scales [K/G', N] f16, zeros [K/G', N] u8
+enum mx_status mx_quantize_rtn(const float *w, int64_t N, int64_t K, const mx_scheme *s, uint32_t *qweight,
+                               uint16_t *scales, uint8_t *zeros, mx_error *err) {
+    enum mx_status st = check_weight_buffers(N, K, s, qweight, scales, zeros, "mx_quantize_rtn", err);
+    if (st != MX_OK) return st;
+    if (!w) return mx_error_set(err, MX_ERR_INVALID_ARG, "mx_quantize_rtn: w is NULL");
+    int64_t bad = find_nonfinite(w, N * K);
+    if (bad >= 0)
+        return mx_error_set(err, MX_ERR_NONFINITE, "weight has a non-finite value %g at [%lld, %lld]",
+                            (double)w[bad], (long long)(bad / K), (long long)(bad % K));
+
+    if (s->w_bits == 16) {
+        uint16_t *out = (uint16_t *)(void *)qweight;
+        for (int64_t i = 0; i < N * K; i++) out[i] = mx_f32_to_bf16(w[i]);
+        return MX_OK;
+    }
+    const int64_t G = s->group_size > 0 ? s->group_size : K;
+    const int64_t groups = K / G;
+    uint8_t *codes = malloc((size_t)(N * K));
+    if (!codes) return mx_error_set(err, MX_ERR_NOMEM, "mx_quantize_rtn: no memory for %lld codes", (long long)(N * K));
+#pragma omp parallel for schedule(static) if (N * K > (1 << 16))
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const float *wg = w + n * K + g * G;
+            uint16_t h;
+            uint8_t z;
+            mx_grid_params(wg, G, 1, s, &h, &z);
+            scales[g * N + n] = h;
+            if (zeros && !s->symmetric && !is_fp8_weight(s)) zeros[g * N + n] = z;
+            const float scale = mx_f16_to_f32(h);
+            for (int64_t k = 0; k < G; k++) codes[n * K + g * G + k] = mx_grid_code(wg[k], scale, z, s);
+        }
+    }
+    st = mx_pack_codes(codes, N, K, s, qweight, err);
+    free(codes);
+    return st;
+}
+
+// qweight [N, K/32*W] u32 (u16 [N, K] for w16), scales [K/G', N] f16, zeros [K/G', N] u8 -> w_hat [N, K] f32
+enum mx_status mx_dequantize(const uint32_t *qweight, const uint16_t *scales, const uint8_t *zeros, int64_t N,
+                             int64_t K, const mx_scheme *s, float *w_hat, mx_error *err) {
+    enum mx_status st = check_weight_buffers(N, K, s, qweight, scales, zeros, "mx_dequantize", err);
+    if (st != MX_OK) return st;
+    if (!w_hat) return mx_error_set(err, MX_ERR_INVALID_ARG, "mx_dequantize: w_hat is NULL");
+    if (s->w_bits == 16) {
+        const uint16_t *in = (const uint16_t *)(const void *)qweight;
+        for (int64_t i = 0; i < N * K; i++) w_hat[i] = mx_bf16_to_f32(in[i]);
+        return MX_OK;
+    }
+    const int64_t G = s->group_size > 0 ? s->group_size : K;
+    const int64_t packs = K / 32;
+    const int32_t bits = s->w_bits;
+    const int use_zeros = !s->symmetric && !is_fp8_weight(s);
+#pragma omp parallel for schedule(static) if (N * K > (1 << 16))
+    for (int64_t n = 0; n < N; n++) {
+        uint8_t codes[32];
+        for (int64_t p = 0; p < packs; p++) {
+            unpack32(qweight + (n * packs + p) * bits, bits, codes);
+            const int64_t g = p * 32 / G; /* G is a multiple of 32: one group per pack */
+            const float scale = mx_f16_to_f32(scales[g * N + n]);
+            const int32_t z = use_zeros ? zeros[g * N + n] : 0;
+            for (int i = 0; i < 32; i++) w_hat[n * K + p * 32 + i] = mx_grid_value(codes[i], scale, z, s);
+        }
+    }
+    return MX_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Activations, per token.
+ * ---------------------------------------------------------------------------------------------------------- */
+
+static enum mx_status check_activation_args(int64_t M, int64_t K, const mx_scheme *s, const char *what,
+                                            mx_error *err) {
+    enum mx_status st = mx_scheme_validate(s, err);
+    if (st != MX_OK) return st;
+    char name[64];
+    mx_scheme_format(s, name, sizeof name);
+    if (s->a_bits == 16)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: scheme %s keeps 16-bit activations (nothing to quantize)",
+                            what, name);
+    if (M < 0 || K <= 0)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: shape M=%lld, K=%lld (need M >= 0, K > 0) (%s)", what,
+                            (long long)M, (long long)K, name);
+    if (s->a_bits == 4 && K % 2 != 0)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: a4 packs two values per byte: K=%lld must be even (%s)",
+                            what, (long long)K, name);
+    return MX_OK;
+}
+
+// x: [M, K] f32 -> values (int8 [M, K] | e4m3 u8 [M, K] | int4 u8 [M, K/2]), scales f32 [M]
+enum mx_status mx_quantize_activations(const float *x, int64_t M, int64_t K, const mx_scheme *s, void *values,
+                                       float *scales, mx_error *err) {
+    enum mx_status st = check_activation_args(M, K, s, "mx_quantize_activations", err);
+    if (st != MX_OK) return st;
+    if (M == 0) return MX_OK;
+    if (!x || !values || !scales) return mx_error_set(err, MX_ERR_INVALID_ARG, "mx_quantize_activations: NULL buffer");
+    int64_t bad = find_nonfinite(x, M * K);
+    if (bad >= 0)
+        return mx_error_set(err, MX_ERR_NONFINITE, "activation has a non-finite value %g at [%lld, %lld]",
+                            (double)x[bad], (long long)(bad / K), (long long)(bad % K));
+    const int fp8 = s->fmt == MX_FMT_FP8_E4M3;
+    const float qmax = fp8 ? MX_FP8_E4M3_MAX : (float)mx_sym_qmax(s->a_bits);
+#pragma omp parallel for schedule(static) if (M * K > (1 << 16))
+    for (int64_t m = 0; m < M; m++) {
+        const float *row = x + m * K;
+        float amax = 0.0f;
+        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(row[k]));
+        float scale = amax / qmax;
+        /* a zero row (or one so small that its scale underflows) is stored as scale 1, codes 0 */
+        const int zero_row = !(scale > 0.0f);
+        if (zero_row) scale = 1.0f;
+        scales[m] = scale;
+        if (fp8) {
+            uint8_t *out = (uint8_t *)values + m * K;
+            for (int64_t k = 0; k < K; k++) out[k] = zero_row ? 0 : mx_f32_to_e4m3(row[k] / scale);
+        } else if (s->a_bits == 8) {
+            int8_t *out = (int8_t *)values + m * K;
+            for (int64_t k = 0; k < K; k++) {
+                float q = zero_row ? 0.0f : rintf(row[k] / scale);
+                out[k] = (int8_t)fminf(fmaxf(q, -qmax), qmax);
+            }
+        } else {
+            uint8_t *out = (uint8_t *)values + m * (K / 2);
+            for (int64_t k = 0; k < K; k += 2) {
+                float q0 = zero_row ? 0.0f : fminf(fmaxf(rintf(row[k] / scale), -qmax), qmax);
+                float q1 = zero_row ? 0.0f : fminf(fmaxf(rintf(row[k + 1] / scale), -qmax), qmax);
+                out[k / 2] = (uint8_t)(((uint32_t)(int32_t)q0 & 0xfu) | (((uint32_t)(int32_t)q1 & 0xfu) << 4));
+            }
+        }
+    }
+    return MX_OK;
+}
+
+// values (as above), scales f32 [M] -> x_hat [M, K] f32
+enum mx_status mx_dequantize_activations(const void *values, const float *scales, int64_t M, int64_t K,
+                                         const mx_scheme *s, float *x_hat, mx_error *err) {
+    enum mx_status st = check_activation_args(M, K, s, "mx_dequantize_activations", err);
+    if (st != MX_OK) return st;
+    if (M == 0) return MX_OK;
+    if (!values || !scales || !x_hat)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "mx_dequantize_activations: NULL buffer");
+    const int fp8 = s->fmt == MX_FMT_FP8_E4M3;
+    for (int64_t m = 0; m < M; m++) {
+        const float scale = scales[m];
+        float *out = x_hat + m * K;
+        if (fp8) {
+            const uint8_t *in = (const uint8_t *)values + m * K;
+            for (int64_t k = 0; k < K; k++) out[k] = mx_e4m3_to_f32(in[k]) * scale;
+        } else if (s->a_bits == 8) {
+            const int8_t *in = (const int8_t *)values + m * K;
+            for (int64_t k = 0; k < K; k++) out[k] = (float)in[k] * scale;
+        } else {
+            const uint8_t *in = (const uint8_t *)values + m * (K / 2);
+            for (int64_t k = 0; k < K; k++) {
+                int32_t nib = (in[k / 2] >> ((k & 1) * 4)) & 0xf;
+                out[k] = (float)(nib >= 8 ? nib - 16 : nib) * scale;
+            }
+        }
+    }
+    return MX_OK;
+}
