@@ -4,7 +4,7 @@
 set -o pipefail
 MODE=${1:-full}
 export MXMOE_GLPK_PREFIX=$PWD/.deps/glpk LD_LIBRARY_PATH=$PWD/.deps/glpk/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
-export MXMOE_CUDA_ARCHS=${MXMOE_CUDA_ARCHS:-90a} PYTHONUNBUFFERED=1
+export MXMOE_CUDA_ARCHS=${MXMOE_CUDA_ARCHS:-90a} PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee $OUT/env.txt
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a $OUT/env.txt
@@ -18,6 +18,6 @@ if [ "$MODE" = quick ]; then
   timeout 200 python3 bench/bench_gemm.py --out $OUT/kernels-gemm.json --reps 10 \
       --models qwen1.5-moe,mixtral-8x7b --tokens 16,1024,8192 2>&1 | tee $OUT/bench.txt
 else
-  timeout 330 python3 bench/bench_gemm.py --out $OUT/kernels-gemm.json --profile-out $OUT/kernel-profile.json \
+  timeout 330 python3 bench/bench_gemm.py --out $OUT/kernels-gemm.json --profile-out $OUT/kernel-profile.json --reps ${REPS:-15} \
       2>&1 | tee $OUT/bench.txt
 fi
