@@ -31,6 +31,11 @@
 #define MX_RB 96  /* rows per parallel task (16 register tiles) */
 #define MX_CB 128 /* columns per parallel task */
 
+/* Least multiply-adds for which a loop goes parallel.  This machine class (2 cores shared with other jobs, plus
+ * OpenBLAS / torch thread pools spinning in the same process) can deschedule one of our threads for a whole time
+ * slice (ms), so a parallel region must carry several ms of work to pay for its barrier. */
+#define MX_PARALLEL_MIN_WORK (1 << 22)
+
 static int cpu_has_avx2_fma(void) {
 #if MX_HAVE_X86 && defined(__GNUC__)
     __builtin_cpu_init();
@@ -132,7 +137,7 @@ __attribute__((target("avx2,fma"))) static void micro_f64_avx2(int64_t kd, const
         if (rows <= 0 || cols <= 0 || kd <= 0) return;                                                           \
         const int avx = cpu_has_avx2_fma();                                                                      \
         const int64_t row_tasks = (rows + MX_RB - 1) / MX_RB, col_tasks = (cols + MX_CB - 1) / MX_CB;            \
-        _Pragma("omp parallel for collapse(2) schedule(dynamic) if (rows * cols * kd > (1 << 18))")              \
+        _Pragma("omp parallel for collapse(2) schedule(dynamic) if (rows * cols * kd > MX_PARALLEL_MIN_WORK)")              \
         for (int64_t rt = 0; rt < row_tasks; rt++)                                                               \
             for (int64_t ct = 0; ct < col_tasks; ct++) {                                                         \
                 const int64_t r0 = rt * MX_RB, c0 = ct * MX_CB;                                                  \
@@ -182,7 +187,7 @@ static int64_t cholesky_lower(double *A, int64_t n, double min_pivot, double *wo
         for (int64_t j = 0; j < nb; j++)
             for (int64_t k = 0; k <= j; k++) L11t[k * nb + j] = A[(jb + j) * n + jb + k];
         /* rows below: x L11^T = a, forward substitution in axpy form (vectorizes without reassociation) */
-#pragma omp parallel for schedule(static) if ((n - jb - nb) * nb * nb > (1 << 16))
+#pragma omp parallel for schedule(static) if ((n - jb - nb) * nb * nb / 2 > MX_PARALLEL_MIN_WORK)
         for (int64_t i = jb + nb; i < n; i++) {
             double *x = A + i * n + jb;
             for (int64_t j = 0; j < nb; j++) {
@@ -213,7 +218,7 @@ static void tri_inverse_lower(const double *L, int64_t n, double *X, double *wor
         double *T = work; /* [nb, ib] <- -(L[I, :I] X[:I, :I]); column block J only sees rows K >= J of X */
         memset(T, 0, sizeof(double) * (size_t)(nb * ib));
         const int avx = cpu_has_avx2_fma();
-#pragma omp parallel for schedule(dynamic) if (nb * ib * ib > (1 << 18))
+#pragma omp parallel for schedule(dynamic) if (nb * ib * ib / 2 > MX_PARALLEL_MIN_WORK)
         for (int64_t jb = 0; jb < ib; jb += MX_NB)
             gemm_tile_f64(avx, nb, MX_NB, ib - jb, L + ib * n + jb, n, X + jb * n + jb, n, T + jb, ib);
         /* X[I, :I] = X_II T (T already carries the minus sign): compute -(X_II T) and negate */
@@ -280,7 +285,8 @@ static void gptq_core(float *W, const float *Hinv, const double *Hinv_diag, int6
                       uint16_t *scales_f16, uint8_t *zero, float *Err, int64_t B, uint8_t *codes) {
     for (int64_t i1 = 0; i1 < K; i1 += B) {
         const int64_t i2 = i1 + B < K ? i1 + B : K, count = i2 - i1;
-#pragma omp parallel for schedule(static)
+        /* per element: ~20 flops of grid work plus count/2 multiply-adds of in-block update */
+#pragma omp parallel for schedule(static) if (N * count * (count / 2 + 20) > MX_PARALLEL_MIN_WORK)
         for (int64_t n = 0; n < N; n++) {
             float *w = W + n * K, *err_row = Err + n * B;
             if (dynamic_groups) /* groups starting in this block, from W as it is at the block start */
@@ -462,14 +468,14 @@ enum mx_status mx_gptq(const float *w, const double *H, int64_t N, int64_t K, co
 
     /* static group parameters from the original W (original column order) */
     if (!dynamic_groups) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K > MX_PARALLEL_MIN_WORK / 16)
         for (int64_t n = 0; n < N; n++)
             for (int64_t g = 0; g < groups; g++) {
                 mx_grid_params(w + n * K + g * G, G, 1, s, &scales[g * N + n], &zero[g * N + n]);
                 scale[g * N + n] = mx_f16_to_f32(scales[g * N + n]);
             }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K > MX_PARALLEL_MIN_WORK / 4)
     for (int64_t n = 0; n < N; n++)
         for (int64_t i = 0; i < K; i++) Wp[n * K + i] = w[n * K + perm[i]];
 
