@@ -43,6 +43,7 @@ typedef struct ilp_model {
     int64_t *first_block;    /* [n_groups] the first block of each group (messages) */
     double *g_loss, *g_time; /* [n_groups, n_schemes] summed over the group; +inf = not allowed */
     double *g_params;        /* [n_groups] */
+    double *g_wcost, *g_acost; /* [n_groups, n_schemes] sum params * (activation) bits; g_acost NULL if unused */
     double params_total;
     double loss_scale, time_scale;
     int n_cols;
@@ -61,6 +62,11 @@ typedef struct ilp_model {
 } ilp_model;
 
 static void glpk_error_hook(void *info) { longjmp(((ilp_model *)info)->on_glpk_error, 1); }
+
+/* Bits charged per weight of block b under scheme s (bits is [n_schemes] or [n_blocks, n_schemes]). */
+static double bits_of(const mx_ilp_problem *p, int64_t b, int64_t s) {
+    return p->bits_per_block ? p->bits[b * p->n_schemes + s] : p->bits[s];
+}
 
 static int is_allowed(double loss, double time) { return loss != INFINITY && time != INFINITY; }
 
@@ -90,10 +96,12 @@ static enum mx_status validate(const mx_ilp_problem *p, mx_error *err) {
         return mx_error_set(err, MX_ERR_INVALID_ARG, "max_time=%g must be >= 0 (or +inf for no limit)", p->max_time);
     if (isnan(p->max_loss) || p->max_loss < 0)
         return mx_error_set(err, MX_ERR_INVALID_ARG, "max_loss=%g must be >= 0 (or +inf for no limit)", p->max_loss);
+    int64_t n_bits = p->bits_per_block ? p->n_blocks * p->n_schemes : p->n_schemes;
+    for (int64_t i = 0; i < n_bits; i++)
+        if (!isfinite(p->bits[i]) || p->bits[i] <= 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "bits[%lld]=%g (flat index) must be finite and > 0",
+                                (long long)i, p->bits[i]);
     for (int64_t s = 0; s < p->n_schemes; s++) {
-        if (!isfinite(p->bits[s]) || p->bits[s] <= 0)
-            return mx_error_set(err, MX_ERR_INVALID_ARG, "bits[%lld]=%g must be finite and > 0", (long long)s,
-                                p->bits[s]);
         if (p->act_bits && (!isfinite(p->act_bits[s]) || p->act_bits[s] <= 0))
             return mx_error_set(err, MX_ERR_INVALID_ARG, "act_bits[%lld]=%g must be finite and > 0", (long long)s,
                                 p->act_bits[s]);
@@ -138,6 +146,8 @@ static void model_free(ilp_model *m) {
     free(m->g_loss);
     free(m->g_time);
     free(m->g_params);
+    free(m->g_wcost);
+    free(m->g_acost);
     free(m->col_group);
     free(m->col_scheme);
     free(m->choice_g);
@@ -189,7 +199,9 @@ static enum mx_status build_groups(ilp_model *m, mx_error *err) {
     m->g_loss = calloc((size_t)(ng * ns), sizeof(double));
     m->g_time = calloc((size_t)(ng * ns), sizeof(double));
     m->g_params = calloc((size_t)ng, sizeof(double));
-    if (!m->g_loss || !m->g_time || !m->g_params) return mx_error_set(err, MX_ERR_NOMEM, "out of memory (groups)");
+    m->g_wcost = calloc((size_t)(ng * ns), sizeof(double));
+    m->g_acost = p->act_bits ? calloc((size_t)(ng * ns), sizeof(double)) : NULL;
+    if (!m->g_loss || !m->g_time || !m->g_params || !m->g_wcost || (p->act_bits && !m->g_acost)) return mx_error_set(err, MX_ERR_NOMEM, "out of memory (groups)");
     for (int64_t b = 0; b < nb; b++) {
         int64_t g = m->group_of_block[b];
         m->g_params[g] += p->params[b];
@@ -197,6 +209,8 @@ static enum mx_status build_groups(ilp_model *m, mx_error *err) {
         for (int64_t s = 0; s < ns; s++) {
             m->g_loss[g * ns + s] += p->loss[b * ns + s]; /* +inf stays +inf: a tied block forbids the scheme */
             m->g_time[g * ns + s] += p->time[b * ns + s];
+            m->g_wcost[g * ns + s] += p->params[b] * bits_of(p, b, s);
+            if (p->act_bits) m->g_acost[g * ns + s] += p->params[b] * p->act_bits[s];
         }
     }
     return MX_OK;
@@ -237,25 +251,26 @@ static int dominated(const ilp_model *m, int64_t g, int64_t s) {
         if (o == s) continue;
         double lo = m->g_loss[g * ns + o], to = m->g_time[g * ns + o];
         if (!is_allowed(lo, to)) continue;
-        double ab = p->act_bits ? p->act_bits[s] : 0, abo = p->act_bits ? p->act_bits[o] : 0;
-        if (p->bits[o] <= p->bits[s] && abo <= ab && lo <= l && to <= t) {
-            int strictly = p->bits[o] < p->bits[s] || abo < ab || lo < l || to < t;
+        double w = m->g_wcost[g * ns + s], wo = m->g_wcost[g * ns + o];
+        double ab = p->act_bits ? m->g_acost[g * ns + s] : 0, abo = p->act_bits ? m->g_acost[g * ns + o] : 0;
+        if (wo <= w && abo <= ab && lo <= l && to <= t) {
+            int strictly = wo < w || abo < ab || lo < l || to < t;
             if (strictly || o < s) return 1;
         }
     }
     return 0;
 }
 
-/* The smallest achievable sum_b params_b * per_weight[s_b] / sum params over allowed schemes (separable). */
-// per_weight: [n_schemes]
-static double smallest_average(const ilp_model *m, const double *per_weight) {
+/* The smallest achievable sum_b params_b * bits / sum params over allowed schemes (separable in the groups). */
+// cost: [n_groups, n_schemes] (g_wcost or g_acost)
+static double smallest_average(const ilp_model *m, const double *cost) {
     int64_t ns = m->p->n_schemes;
     double total = 0;
     for (int64_t g = 0; g < m->n_groups; g++) {
         double best = INFINITY;
         for (int64_t s = 0; s < ns; s++)
             if (is_allowed(m->g_loss[g * ns + s], m->g_time[g * ns + s]))
-                best = fmin(best, m->g_params[g] * per_weight[s]);
+                best = fmin(best, cost[g * ns + s]);
         total += best;
     }
     return total / m->params_total;
@@ -305,10 +320,11 @@ static enum mx_status build_lp(ilp_model *m, mx_error *err) {
     for (int j = 1; j <= n_cols; j++) {
         int64_t g = m->col_group[j], s = m->col_scheme[j];
         glp_set_col_kind(lp, j, GLP_BV);
-        double share = m->g_params[g] / m->params_total;
+        double wc = m->g_wcost[g * ns + s] / m->params_total;
         nz++, ia[nz] = (int)g + 1, ja[nz] = j, ar[nz] = 1.0;
-        if (share > 0) nz++, ia[nz] = m->row_budget, ja[nz] = j, ar[nz] = share * p->bits[s];
-        if (m->row_act && share > 0) nz++, ia[nz] = m->row_act, ja[nz] = j, ar[nz] = share * p->act_bits[s];
+        if (wc > 0) nz++, ia[nz] = m->row_budget, ja[nz] = j, ar[nz] = wc;
+        if (m->row_act && m->g_acost[g * ns + s] > 0)
+            nz++, ia[nz] = m->row_act, ja[nz] = j, ar[nz] = m->g_acost[g * ns + s] / m->params_total;
         double t = m->g_time[g * ns + s] / m->time_scale, l = m->g_loss[g * ns + s] / m->loss_scale;
         if (t != 0) nz++, ia[nz] = m->row_time, ja[nz] = j, ar[nz] = t;
         if (l != 0) nz++, ia[nz] = m->row_loss, ja[nz] = j, ar[nz] = l;
@@ -329,7 +345,7 @@ static void evaluate(const ilp_model *m, const int64_t *choice_g, double *loss, 
         int64_t s = choice_g[m->group_of_block[b]];
         l += p->loss[b * ns + s];
         t += p->time[b * ns + s];
-        w += p->params[b] * p->bits[s];
+        w += p->params[b] * bits_of(p, b, s);
         if (p->act_bits) a += p->params[b] * p->act_bits[s];
     }
     *loss = l, *time = t, *wbits_sum = w, *abits_sum = a;
@@ -350,7 +366,7 @@ static enum mx_status solve_milp(ilp_model *m, const ilp_request *q, int *feasib
         double c = 0;
         if (q->w_loss) c += q->w_loss * (m->g_loss[g * ns + s] / m->loss_scale);
         if (q->w_time) c += q->w_time * (m->g_time[g * ns + s] / m->time_scale);
-        if (q->w_wbits) c += q->w_wbits * (m->g_params[g] / m->params_total) * p->bits[s];
+        if (q->w_wbits) c += q->w_wbits * (m->g_wcost[g * ns + s] / m->params_total);
         glp_set_obj_coef(lp, j, c);
     }
     double wlimit = p->wbits * (1 + MX_ILP_LIMIT_RTOL), alimit = p->abits * (1 + MX_ILP_LIMIT_RTOL);
@@ -484,8 +500,8 @@ static enum mx_status diagnose_infeasible(ilp_model *m, mx_error *err) {
         if (!feasible)
             return mx_error_set(err, MX_ERR_INTERNAL, "activation budget abits=%g infeasible after the separable "
                                 "check passed", p->abits);
-        double wsum = 0;
-        for (int64_t b = 0; b < p->n_blocks; b++) wsum += p->params[b] * p->bits[m->choice_g[m->group_of_block[b]]];
+        double lsum, tsum, wsum, asum;
+        evaluate(m, m->choice_g, &lsum, &tsum, &wsum, &asum);
         double smallest = wsum / m->params_total;
         if (smallest > p->wbits * (1 + MX_ILP_LIMIT_RTOL))
             return mx_error_set(err, MX_ERR_INFEASIBLE, "infeasible budget: wbits=%.17g with abits=%.17g; the "
@@ -628,14 +644,14 @@ enum mx_status mx_ilp_solve(const mx_ilp_problem *p, mx_ilp_solution *sol, mx_er
             goto done;
         }
     }
-    double smallest_w = smallest_average(m, p->bits);
+    double smallest_w = smallest_average(m, m->g_wcost);
     if (smallest_w > p->wbits * (1 + MX_ILP_LIMIT_RTOL)) {
         st = mx_error_set(err, MX_ERR_INFEASIBLE, "infeasible budget: wbits=%.17g; the smallest feasible budget is "
                           "wbits=%.17g", p->wbits, smallest_w);
         goto done;
     }
     if (p->act_bits) {
-        double smallest_a = smallest_average(m, p->act_bits);
+        double smallest_a = smallest_average(m, m->g_acost);
         if (smallest_a > p->abits * (1 + MX_ILP_LIMIT_RTOL)) {
             st = mx_error_set(err, MX_ERR_INFEASIBLE, "infeasible activation budget: abits=%.17g; the smallest "
                               "feasible budget is abits=%.17g", p->abits, smallest_a);

@@ -7,7 +7,7 @@
 static const char ilp_solve_doc[] =
     "ilp_solve(loss, time, bits, params, wbits, r, max_time, max_loss, tie, act_bits, abits, prune)\n"
     "    -> (choice int64 [B], loss, time, frontier f64 [n, 2], n_milps)\n"
-    "loss, time: f64 [B, S] (+inf = not allowed); bits, act_bits: f64 [S] (act_bits may be None);\n"
+    "loss, time: f64 [B, S] (+inf = not allowed); bits: f64 [S] or [B, S]; act_bits: f64 [S] or None;\n"
     "params: f64 [B]; tie: int64 [B] or None; max_time / max_loss: +inf for no limit.";
 
 // loss, time: [B, S] f64; bits, act_bits: [S] f64; params: [B] f64; tie: [B] i64 -> choice [B] i64
@@ -23,8 +23,11 @@ static PyObject *py_ilp_solve(PyObject *self, PyObject *args) {
     if (!loss) return NULL;
     PyArrayObject *time = mx_py_array(time_obj, "time", NPY_FLOAT64, 2);
     if (!time) return NULL;
-    PyArrayObject *bits = mx_py_array(bits_obj, "bits", NPY_FLOAT64, 1);
+    PyArrayObject *bits = mx_py_array(bits_obj, "bits", NPY_FLOAT64, -1);
     if (!bits) return NULL;
+    if (PyArray_NDIM(bits) != 1 && PyArray_NDIM(bits) != 2)
+        return PyErr_Format(PyExc_ValueError, "bits must be 1- or 2-dimensional, got %d dimensions",
+                            PyArray_NDIM(bits));
     PyArrayObject *params = mx_py_array(params_obj, "params", NPY_FLOAT64, 1);
     if (!params) return NULL;
     PyArrayObject *tie = NULL, *act_bits = NULL;
@@ -36,9 +39,12 @@ static PyObject *py_ilp_solve(PyObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "time has shape (%zd, %zd), loss has (%zd, %zd): they must match",
                             (Py_ssize_t)PyArray_DIM(time, 0), (Py_ssize_t)PyArray_DIM(time, 1),
                             (Py_ssize_t)n_blocks, (Py_ssize_t)n_schemes);
-    if (PyArray_DIM(bits, 0) != n_schemes)
-        return PyErr_Format(PyExc_ValueError, "bits has %zd entries for %zd schemes",
-                            (Py_ssize_t)PyArray_DIM(bits, 0), (Py_ssize_t)n_schemes);
+    int bits_per_block = PyArray_NDIM(bits) == 2;
+    if (bits_per_block ? (PyArray_DIM(bits, 0) != n_blocks || PyArray_DIM(bits, 1) != n_schemes)
+                       : PyArray_DIM(bits, 0) != n_schemes)
+        return PyErr_Format(PyExc_ValueError, "bits must have shape (%zd,) or (%zd, %zd) for %zd blocks and %zd "
+                            "schemes", (Py_ssize_t)n_schemes, (Py_ssize_t)n_blocks, (Py_ssize_t)n_schemes,
+                            (Py_ssize_t)n_blocks, (Py_ssize_t)n_schemes);
     if (act_bits && PyArray_DIM(act_bits, 0) != n_schemes)
         return PyErr_Format(PyExc_ValueError, "act_bits has %zd entries for %zd schemes",
                             (Py_ssize_t)PyArray_DIM(act_bits, 0), (Py_ssize_t)n_schemes);
@@ -60,6 +66,7 @@ static PyObject *py_ilp_solve(PyObject *self, PyObject *args) {
         .loss = (const double *)PyArray_DATA(loss),
         .time = (const double *)PyArray_DATA(time),
         .bits = (const double *)PyArray_DATA(bits),
+        .bits_per_block = bits_per_block,
         .params = (const double *)PyArray_DATA(params),
         .wbits = wbits,
         .act_bits = act_bits ? (const double *)PyArray_DATA(act_bits) : NULL,

@@ -3,7 +3,7 @@
  * Problem (blocks b, schemes s, binary x[b,s]):
  *
  *     sum_s x[b,s] = 1                                          one scheme per block
- *     sum_{b,s} params[b] * bits[s] * x[b,s]   <= wbits * sum_b params[b]      weight-bit budget
+ *     sum_{b,s} params[b] * bits[b|s] * x[b,s] <= wbits * sum_b params[b]      weight-bit budget
  *     sum_{b,s} params[b] * act_bits[s] * x[b,s] <= abits * sum_b params[b]    optional activation-bit budget
  *     T = sum time[b,s] x[b,s] <= max_time,   L = sum loss[b,s] x[b,s] <= max_loss      optional
  *     x[b,s] = x[b',s] whenever tie[b] == tie[b']                               optional tie groups
@@ -59,7 +59,8 @@ typedef struct mx_ilp_problem {
     int64_t n_schemes;      /* >= 1 */
     const double *loss;     /* [n_blocks, n_schemes] >= 0, +inf = not allowed */
     const double *time;     /* [n_blocks, n_schemes] >= 0, +inf = not allowed */
-    const double *bits;     /* [n_schemes] > 0, bits charged per weight */
+    const double *bits;     /* [n_schemes] > 0, bits charged per weight ([n_blocks, n_schemes] if bits_per_block) */
+    int bits_per_block;     /* 1: bits depends on the block too (per-channel scale overhead depends on K) */
     const double *params;   /* [n_blocks] >= 0, weights per block (sum > 0) */
     double wbits;           /* > 0, average weight-bit budget */
     const double *act_bits; /* [n_schemes] > 0 or NULL (no activation budget) */
