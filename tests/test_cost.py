@@ -46,9 +46,10 @@ def test_block_time_shapes_of_the_roofline():
                                                           "w2a16_g128_asym")]
     assert small == sorted(small, reverse=True)
     assert h100.block_time(2048, 4096, 8, "w4a16_g128_asym") > 1.8 * h100.block_time(2048, 2048, 8, "w4a16_g128_asym")
-    # compute-bound: int8 beats bf16 on Hopper; a4 buys nothing on Hopper but is fastest on Ada
+    # compute-bound: fp8 beats bf16 on Hopper even after the activation-quantization pass (int8 at the library
+    # GEMM's 918 TOPS only breaks even); a4 buys nothing on Hopper but is fastest on Ada
     big = 65536
-    assert h100.block_time(2048, 2048, big, "w8a8_g-1_sym") < h100.block_time(2048, 2048, big, "w4a16_g128_asym")
+    assert h100.block_time(2048, 2048, big, "w8a8_g-1_sym_fp8") < h100.block_time(2048, 2048, big, "w4a16_g128_asym")
     assert h100.block_time(2048, 2048, big, "w4a4_g-1_sym") >= 0.95 * h100.block_time(2048, 2048, big, "w4a8_g-1_sym")
     assert ada.block_time(2048, 2048, big, "w4a4_g-1_sym") < ada.block_time(2048, 2048, big, "w4a8_g-1_sym")
     assert arithmetic_unit("w8a8_g-1_sym_fp8", "a100") == "bf16"  # no fp8 units on Ampere
