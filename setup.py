@@ -52,20 +52,23 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         self.build_info = {"cuda_built": False, "cuda_reason": ""}
+        self.nvcc = find_nvcc()
+        skip_reason = ""
+        if os.environ.get("MXMOE_NO_CUDA") == "1":
+            skip_reason = "MXMOE_NO_CUDA=1 was set when mxmoe was built"
+        elif self.nvcc is None:
+            skip_reason = "nvcc was not found when mxmoe was built (install the CUDA Toolkit, then reinstall mxmoe)"
+        if skip_reason:
+            # Drop the extension itself: setuptools would otherwise try to copy a library that was never built.
+            self.extensions = [e for e in self.extensions if e.name != "mxmoe._cuda"]
+            self.build_info["cuda_reason"] = skip_reason
         super().build_extensions()
         self._write_build_info()
 
     def build_extension(self, ext):
         if ext.name != "mxmoe._cuda":
             return super().build_extension(ext)
-        nvcc = find_nvcc()
-        if os.environ.get("MXMOE_NO_CUDA") == "1":
-            self.build_info["cuda_reason"] = "MXMOE_NO_CUDA=1 was set when mxmoe was built"
-            return
-        if nvcc is None:
-            self.build_info["cuda_reason"] = "nvcc was not found when mxmoe was built (install the CUDA Toolkit, " \
-                                             "then reinstall mxmoe)"
-            return
+        nvcc = self.nvcc
         archs = os.environ.get("MXMOE_CUDA_ARCHS", "90a;80;89").split(";")
         gencode = []
         for arch in filter(None, archs):
