@@ -113,6 +113,13 @@ __device__ __forceinline__ int find_group(const int32_t *row_offsets, int n_grou
     return lo;
 }
 
+// scale = max|x| / qmax in f32; a row whose scale is 0 (all zeros, or so small that the quotient underflows) gets
+// scale 1 and therefore codes 0, as mx_quantize_activations.
+__device__ __forceinline__ float quant_scale(float amax, float qmax) {
+    const float scale = amax / qmax;
+    return scale > 0.f ? scale : 1.f;
+}
+
 // Per-token symmetric quantization of one row held as VPT chunks of 8 values per thread (chunk v of thread t
 // covers elements (v·blockDim + t)·8 ...).  `valid[v]` says whether the chunk lies inside the row.
 // Semantics of mx_quantize_activations: scale = max|x| / qmax (an all-zero row: scale 1), q = round-half-even
@@ -121,7 +128,7 @@ template <int VPT>
 __device__ __forceinline__ void store_quantized(const float (&x)[VPT][kChunk], const bool (&valid)[VPT], float amax,
                                                 int64_t row, int formats, const mx_cuda_act_buffers &out) {
     if ((formats & (1 << MX_CUDA_ACT_INT8)) && out.d_int8) {
-        const float scale = amax > 0.f ? amax / 127.f : 1.f;
+        const float scale = quant_scale(amax, 127.f);
         int8_t *dst = out.d_int8 + row * out.ld;
 #pragma unroll
         for (int v = 0; v < VPT; ++v) {
@@ -138,7 +145,7 @@ __device__ __forceinline__ void store_quantized(const float (&x)[VPT][kChunk], c
         if (threadIdx.x == 0) out.d_scale_int8[row] = scale;
     }
     if ((formats & (1 << MX_CUDA_ACT_FP8)) && out.d_fp8) {
-        const float scale = amax > 0.f ? amax / MX_FP8_E4M3_MAX : 1.f;
+        const float scale = quant_scale(amax, MX_FP8_E4M3_MAX);
         uint8_t *dst = out.d_fp8 + row * out.ld;
 #pragma unroll
         for (int v = 0; v < VPT; ++v) {
@@ -155,7 +162,7 @@ __device__ __forceinline__ void store_quantized(const float (&x)[VPT][kChunk], c
         if (threadIdx.x == 0) out.d_scale_fp8[row] = scale;
     }
     if ((formats & (1 << MX_CUDA_ACT_INT4)) && out.d_int4) {
-        const float scale = amax > 0.f ? amax / 7.f : 1.f;
+        const float scale = quant_scale(amax, 7.f);
         uint8_t *dst = out.d_int4 + row * (out.ld / 2);
 #pragma unroll
         for (int v = 0; v < VPT; ++v) {
@@ -405,7 +412,7 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
         unpack8(g_raw, g);
         unpack8(u_raw, u);
 #pragma unroll
-        for (int i = 0; i < kChunk; ++i) x[v][i] = g[i] / (1.f + __expf(-g[i])) * u[i]; // SiLU(g)·u in f32
+        for (int i = 0; i < kChunk; ++i) x[v][i] = g[i] / (1.f + expf(-g[i])) * u[i]; // SiLU(g)·u in f32
     }
     if (use_hadamard) hadamard_rotate<VPT>(x, valid, I, had, had_smem);
     float amax = 0.f;
