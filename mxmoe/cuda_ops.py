@@ -57,10 +57,18 @@ def act_format(scheme: Scheme | str) -> int:
     raise ValueError(f"scheme {s} has no activation format on the GPU (a_bits={s.a_bits})")
 
 
+def _contiguous(a: Any) -> Any:
+    """A contiguous copy-if-needed of a NumPy array or a torch tensor (the bench builds blocks on the device)."""
+    if a is None:
+        return None
+    return a.contiguous() if hasattr(a, "contiguous") else np.ascontiguousarray(a)
+
+
 @dataclass(frozen=True)
 class PackedBlock:
     """One linear block's packed buffers (the QuantizedWeight fields), host side: qweight u32 [N, K/32*W] (u16 [N, K]
-    for w16a16), scales f16 [K/G', N] or None, zeros u8 [K/G', N] or None."""
+    for w16a16), scales f16 [K/G', N] or None, zeros u8 [K/G', N] or None.  The buffers may also be torch tensors
+    already on the layer's device, of the same shapes with int32 / int16 in place of uint32 / uint16 (no copy)."""
 
     scheme: Scheme
     out_features: int
@@ -80,8 +88,8 @@ class PackedBlock:
 
     def rows(self, start: int, stop: int) -> "PackedBlock":
         """Output channels [start, stop): rows of qweight, columns of scales / zeros."""
-        cut = (lambda a: None if a is None else np.ascontiguousarray(a[:, start:stop]))
-        return PackedBlock(self.scheme, stop - start, self.in_features, np.ascontiguousarray(self.qweight[start:stop]),
+        cut = (lambda a: None if a is None else _contiguous(a[:, start:stop]))
+        return PackedBlock(self.scheme, stop - start, self.in_features, _contiguous(self.qweight[start:stop]),
                            cut(self.scales), cut(self.zeros))
 
     def columns(self, start: int, stop: int) -> "PackedBlock":
@@ -92,15 +100,14 @@ class PackedBlock:
             raise ValueError(f"cannot split K={self.in_features} of {s} at [{start}, {stop}): bounds must be "
                              f"multiples of 32 and of the group size")
         if s.w_bits == 16:
-            return PackedBlock(s, self.out_features, width, np.ascontiguousarray(self.qweight[:, start:stop]),
-                               None, None)
+            return PackedBlock(s, self.out_features, width, _contiguous(self.qweight[:, start:stop]), None, None)
         words = (lambda c: c // 32 * s.w_bits)
-        qweight = np.ascontiguousarray(self.qweight[:, words(start):words(stop)])
+        qweight = _contiguous(self.qweight[:, words(start):words(stop)])
         if s.group_size > 0:
             g = s.group_size
-            cut = (lambda a: None if a is None else np.ascontiguousarray(a[start // g:stop // g]))
+            cut = (lambda a: None if a is None else _contiguous(a[start // g:stop // g]))
         else:
-            cut = (lambda a: None if a is None else np.ascontiguousarray(a))
+            cut = _contiguous
         return PackedBlock(s, self.out_features, width, qweight, cut(self.scales), cut(self.zeros))
 
 
@@ -286,9 +293,15 @@ class MoELayerCUDA:
         I = self.intermediate_size
         self._tensors: list[Any] = []  # keeps every device buffer a problem table points to alive
 
-        def put(array: Optional[np.ndarray]) -> int:
+        def put(array: Any) -> int:
             if array is None:
                 return 0
+            if isinstance(array, torch.Tensor):
+                if array.device != self.device or not array.is_contiguous():
+                    raise ValueError(f"a packed buffer given as a tensor must be contiguous on {self.device}, got "
+                                     f"{_describe(array)}")
+                self._tensors.append(array)
+                return array.data_ptr()
             a = np.ascontiguousarray(array)
             if a.dtype == np.uint32:
                 a = a.view(np.int32)
@@ -309,6 +322,10 @@ class MoELayerCUDA:
             gu_formats[g] = (1 << act_format(gate_b.scheme)) | (1 << act_format(up_b.scheme))
             down_formats[g] = 1 << act_format(down_b.scheme)
         self.group_schemes = [tuple(b.scheme.name for b in blocks) for blocks in groups]
+        nbytes = (lambda a: 0 if a is None else int(a.nbytes if isinstance(a, np.ndarray) else
+                                                    a.numel() * a.element_size()))
+        self._group_bytes = [sum(nbytes(b.qweight) + nbytes(b.scales) + nbytes(b.zeros) for b in blocks)
+                             for blocks in groups]
         self.gate_up_formats = int(np.bitwise_or.reduce(gu_formats))
         self.down_formats = int(np.bitwise_or.reduce(down_formats))
         self._gu_formats = torch.from_numpy(gu_formats).to(self.device)
@@ -428,6 +445,26 @@ class MoELayerCUDA:
         return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
 
     __call__ = forward
+
+    def gemm_only(self, tokens: int, sequential: bool = False) -> None:
+        """Re-run only the two fused GEMM launches of the last forward call of `tokens` tokens, on its buffers (the
+        "gemm" scope of the benchmark: routing, quantization and combine excluded)."""
+        import torch
+
+        if tokens < 1 or tokens > self._capacity:
+            raise ValueError(f"tokens={tokens}: call forward with at least this many tokens first "
+                             f"(capacity {self._capacity})")
+        ws, stream = self._workspace, torch.cuda.current_stream(self.device).cuda_stream
+        n_rows = tokens * (self.top_k + self.n_shared_groups)
+        self._gemm(self._gate_up_tables, ws, n_rows, self._acts(ws, "x", self.hidden_size), ws["y_gate_up"],
+                   sequential, stream)
+        self._gemm(self._down_tables, ws, n_rows, self._acts(ws, "h", self.intermediate_size), ws["y_down"],
+                   sequential, stream)
+
+    def weight_bytes(self, groups: Optional[Sequence[int]] = None) -> int:
+        """Bytes of the packed buffers of the given expert groups (all by default): what a GEMM must read."""
+        sizes = self._group_bytes
+        return int(sum(sizes) if groups is None else sum(sizes[g] for g in groups))
 
     @property
     def last_dropped(self) -> Any:

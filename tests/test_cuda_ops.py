@@ -154,3 +154,47 @@ def test_layer_without_cuda_says_why():
     experts = [_expert(rng, 256, 128) for _ in range(2)]
     with pytest.raises(RuntimeError, match="_cuda"):
         MoELayerCUDA(experts, top_k=1)
+
+
+# ---- benchmark helpers (mxmoe.bench_kernels), CPU side ----
+
+def test_mixed_assign_plan_shares():
+    from mxmoe import Scheme
+    from mxmoe.bench_kernels import MIXED_PLANS, mixed_assign
+
+    n_experts = 61
+    for plan, parts in MIXED_PLANS.items():
+        assign = mixed_assign(plan, n_experts, seed=3)
+        chosen = [assign(e, b) for e in range(n_experts) for b in range(3)]
+        for scheme, share in parts:
+            assert abs(chosen.count(scheme) / len(chosen) - share) <= 1 / len(chosen) + 1e-9, (plan, scheme)
+        assert chosen == [mixed_assign(plan, n_experts, seed=3)(e, b) for e in range(n_experts) for b in range(3)]
+    decode = mixed_assign("decode-3.25bit", n_experts, seed=0)
+    mean_bits = np.mean([Scheme.parse(decode(e, b)).bits_for(1408) for e in range(n_experts) for b in range(3)])
+    assert abs(mean_bits - 3.25) < 0.02, mean_bits  # the ~3.25-bit weight-only decode plan
+
+
+def test_geometric_means():
+    from mxmoe.bench_kernels import geometric_means
+
+    records = [{"impl": "a", "scope": "layer", "speedup_vs_bf16": 2.0},
+               {"impl": "a", "scope": "layer", "speedup_vs_bf16": 8.0},
+               {"impl": "a", "scope": "gemm", "speedup_vs_bf16": float("nan")},
+               {"impl": "b", "scope": "layer", "us": None, "error": "x"}]
+    assert geometric_means(records) == [("a", "layer", pytest.approx(4.0), 2)]
+
+
+def test_bench_args_and_atomic_json(tmp_path):
+    import json
+
+    from mxmoe.bench_kernels import parse_args, write_json_atomic
+
+    args = parse_args(["--tokens", "1", "64", "--models", "mixtral-8x7b", "--out", str(tmp_path / "k.json")])
+    assert args.tokens == [1, 64] and args.models == ["mixtral-8x7b"]
+    for bad in (["--tokens", "0"], ["--models", "llama"], ["--reps", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    path = tmp_path / "sub" / "k.json"
+    write_json_atomic(str(path), {"records": [{"us": 1.5}]})
+    assert json.loads(path.read_text()) == {"records": [{"us": 1.5}]}
+    assert [p.name for p in path.parent.iterdir()] == ["k.json"]  # no temp file left behind
