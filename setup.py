@@ -47,6 +47,16 @@ def find_nvcc() -> str | None:
     return None
 
 
+def find_cuda_home(nvcc: str) -> str:
+    """The toolkit root holding include/cuda_runtime.h (nvcc on the PATH may be a wrapper script elsewhere)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+    for c in candidates:
+        if c and os.path.exists(os.path.join(c, "include", "cuda_runtime.h")):
+            return c
+    raise RuntimeError(f"nvcc found at {nvcc} but no CUDA toolkit with include/cuda_runtime.h; set CUDA_HOME")
+
+
 class BuildExt(build_ext):
     """Compiles cuda/*.cu with nvcc before linking mxmoe._cuda; records why _cuda is absent when it is."""
 
@@ -76,7 +86,7 @@ class BuildExt(build_ext):
         build_tmp = os.path.join(self.build_temp, "cuda")
         os.makedirs(build_tmp, exist_ok=True)
         objects = []
-        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        cuda_home = find_cuda_home(nvcc)
         for source in sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu"))):
             obj = os.path.join(build_tmp, os.path.basename(source) + ".o")
             if not (os.path.exists(obj) and os.path.getmtime(obj) >= max(
