@@ -93,7 +93,8 @@ class BuildExt(build_ext):
                     os.path.getmtime(p) for p in [source] + glob.glob(os.path.join(ROOT, "cuda", "*.cuh"))
                     + glob.glob(os.path.join(ROOT, "csrc", "*.h")))):
                 cmd = [nvcc, "-c", source, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
-                       "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr", "-lineinfo", f"--threads={min(len(archs), os.cpu_count() or 1)}",
+                       "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr", "-lineinfo",
+                       f"--threads={min(len(archs), os.cpu_count() or 1)}",
                        f"-I{os.path.join(ROOT, 'csrc')}", f"-I{os.path.join(ROOT, 'cuda')}"] + gencode
                 print(" ".join(cmd), flush=True)
                 subprocess.check_call(cmd)
