@@ -90,7 +90,7 @@ class BuildExt(build_ext):
         for source in sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu"))):
             obj = os.path.join(build_tmp, os.path.basename(source) + ".o")
             if not (os.path.exists(obj) and os.path.getmtime(obj) >= max(
-                    os.path.getmtime(p) for p in [source] + glob.glob(os.path.join(ROOT, "cuda", "*.cuh"))
+                    os.path.getmtime(p) for p in [source] + glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h"))
                     + glob.glob(os.path.join(ROOT, "csrc", "*.h")))):
                 cmd = [nvcc, "-c", source, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
                        "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr", "-lineinfo",
