@@ -89,9 +89,9 @@ class BuildExt(build_ext):
         cuda_home = find_cuda_home(nvcc)
         for source in sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu"))):
             obj = os.path.join(build_tmp, os.path.basename(source) + ".o")
-            if not (os.path.exists(obj) and os.path.getmtime(obj) >= max(
-                    os.path.getmtime(p) for p in [source] + glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h"))
-                    + glob.glob(os.path.join(ROOT, "csrc", "*.h")))):
+            dependencies = [source] + [p for pattern in ("cuda/*.cuh", "cuda/*.h", "csrc/*.h")
+                                       for p in glob.glob(os.path.join(ROOT, pattern))]
+            if not (os.path.exists(obj) and os.path.getmtime(obj) >= max(map(os.path.getmtime, dependencies))):
                 cmd = [nvcc, "-c", source, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
                        "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr", "-lineinfo",
                        f"--threads={min(len(archs), os.cpu_count() or 1)}",
