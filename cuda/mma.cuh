@@ -75,9 +75,6 @@ __device__ __forceinline__ void mma_e4m3_16832(float (&d)[4], const uint32_t (&a
 #endif
 }
 
-// Per-byte a - b (modular): the int8 (u - z) of four packed codes in one instruction.
-__device__ __forceinline__ uint32_t vsub4(uint32_t a, uint32_t b) { return __vsub4(a, b); }
-
 }  // namespace mx
 
 #endif /* MX_MMA_CUH */

@@ -169,9 +169,11 @@ def enumerate_expert_rows():
 def test_gemm_fused_per_scheme(scheme_name, case):
     scheme = mxmoe.as_scheme(scheme_name)
     expert_rows = list(enumerate_expert_rows())[case]
-    # K off the 128 tile where the scheme allows it (per-channel: 160 = 128 + 32); N = 144 is off the 128 tile
-    k = 160 if _k_multiple(scheme) == 32 else 256
-    n = 144
+    # K off every stage size (128, and 256 / 384 / 512 for thin sub-8-bit tiles): 160 = 128 + 32 and 288 for
+    # per-channel schemes, 256 and 640 for g128; 1408 is Qwen1.5-MoE's expert width.  N = 144 and 272 are off the
+    # 128-column tile.
+    k = (160, 288, 1408)[case] if _k_multiple(scheme) == 32 else (256, 640, 1408)[case]
+    n = (144, 144, 272)[case]
     x = _random_x(sum(expert_rows), k, seed=case)
     problems = [(scheme_name, e, n, 16) for e in range(len(expert_rows))]
     layer = Layer(x, expert_rows, problems, seed=case + 10)
