@@ -92,6 +92,10 @@ def main() -> None:
         "ratio_c_over_numpy": round(c_seconds / numpy_seconds, 3),
         "numpy": np.__version__,
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # libgomp's default (active) wait spins between parallel regions; on an oversubscribed machine that
+        # halves C throughput (measured: 3.2 s active vs 1.6 s OMP_WAIT_POLICY=passive at load 8.5 on 2 cores)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (active spin)"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "objective": {"c": c_error, "numpy": numpy_error, "rtn": rtn_error},
         "weights_equal_fraction": float(np.mean(W_hat == result.W_hat)),
     }
