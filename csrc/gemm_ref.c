@@ -32,8 +32,9 @@ static enum gemm_path problem_path(const mx_scheme *s) {
 
 static int fp8_weights(const mx_scheme *s) { return s->fmt == MX_FMT_FP8_E4M3 && s->w_bits == 8; }
 
-/* Target bytes of one tile's weight scratch: about L2-resident next to the activations it meets. */
-#define MX_GEMM_TILE_BYTES (128 * 1024)
+/* Target bytes of one tile's weight scratch: L1-sized (64 KiB), so the 4 weight rows a micro-kernel streams stay
+ * in L1 while the activation rows come from L2 (measured: 16-128 KiB all within 10% on an EPYC, 64 best). */
+#define MX_GEMM_TILE_BYTES (64 * 1024)
 /* Work (multiply-adds, see work_item.cost) below which one more thread does not pay for its wake-up. */
 #define MX_GEMM_MIN_COST_PER_THREAD 1.0e6
 
