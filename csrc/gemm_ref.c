@@ -4,10 +4,10 @@
  *   1. validate every problem (nothing is computed when one is wrong);
  *   2. quantize the activations of every a8/a4 problem once (per token, mx_quantize_activations), widened to
  *      int16 (int path) or to their exact f32 values (fp8 path);
- *   3. split every problem into N-tiles of NT output channels, sort the tiles by cost (largest first) and hand them
- *      to the threads dynamically; a tile unpacks its [NT, K] weights once into a per-thread scratch (f32 values,
- *      int16 u - z, or exact fp8 values) and reuses it for all M rows with a 2x4 register-blocked micro-kernel whose
- *      inner loop the compiler vectorizes (omp simd reductions; no -march flags needed).
+ *   3. split every problem into work items of up to MX_GEMM_TILE_M tokens x NT output channels, sort them by cost
+ *      (largest first) and hand them to the threads dynamically; an item unpacks its [NT, K] weights once into a
+ *      per-thread scratch (f32 values, int16 u - z, or exact fp8 values) and reuses it for all its token rows with a
+ *      2x4 register-blocked micro-kernel whose inner loop the compiler vectorizes (no -march flags needed).
  * Every tile writes a disjoint block of one Y, so results do not depend on the thread count.
  */
 #include "mx_gemm_ref.h"
@@ -35,6 +35,9 @@ static int fp8_weights(const mx_scheme *s) { return s->fmt == MX_FMT_FP8_E4M3 &&
 /* Target bytes of one tile's weight scratch: L1-sized (64 KiB), so the 4 weight rows a micro-kernel streams stay
  * in L1 while the activation rows come from L2 (measured: 16-128 KiB all within 10% on an EPYC, 64 best). */
 #define MX_GEMM_TILE_BYTES (64 * 1024)
+/* Token rows per work item: bounds the activation rows one tile streams (L2-sized for K <= 4096) and splits a
+ * problem with many tokens (a dense layer, an expert taking every token) across threads. */
+#define MX_GEMM_TILE_M 128
 /* Work (multiply-adds, see work_item.cost) below which one more thread does not pay for its wake-up. */
 #define MX_GEMM_MIN_COST_PER_THREAD 1.0e6
 
@@ -233,15 +236,15 @@ static void dot_fp8_2x4(const float *restrict x0, const float *restrict x1, cons
     out[4] = s10, out[5] = s11, out[6] = s12, out[7] = s13;
 }
 
-/* ---- one tile: rows [n0, n0 + nt) of Y's columns for all M tokens ---- */
+/* ---- one work item: Y[m0:m_end, n0:n0 + nt] ---- */
 
-static void compute_tile(const mx_gemm_problem *p, const prepared_acts *acts, enum gemm_path path, int64_t n0,
-                         int64_t nt, const void *scratch) {
+static void compute_tile(const mx_gemm_problem *p, const prepared_acts *acts, enum gemm_path path, int64_t m0,
+                         int64_t m_end, int64_t n0, int64_t nt, const void *scratch) {
     const mx_scheme *s = &p->scheme;
-    const int64_t M = p->M, N = p->N, K = p->K;
+    const int64_t N = p->N, K = p->K;
     const int64_t G = (path == PATH_F32 || s->group_size <= 0) ? K : s->group_size;
-    for (int64_t m = 0; m < M; m += 2) {
-        const int two = m + 1 < M; /* an odd last row is computed twice and written once */
+    for (int64_t m = m0; m < m_end; m += 2) {
+        const int two = m + 1 < m_end; /* an odd last row is computed twice and written once */
         const int64_t m1 = two ? m + 1 : m;
         for (int64_t j0 = 0; j0 < nt; j0 += 4) {
             /* a tail of fewer than 4 channels repeats the last one; only valid columns are written */
@@ -288,7 +291,7 @@ static void compute_tile(const mx_gemm_problem *p, const prepared_acts *acts, en
 /* ---- the entry ---- */
 
 typedef struct work_item {
-    int64_t problem, n0, nt;
+    int64_t problem, m0, m_end, n0, nt;
     double cost;
 } work_item;
 
@@ -296,6 +299,7 @@ static int by_cost_desc(const void *a, const void *b) {
     const work_item *x = a, *y = b;
     if (x->cost != y->cost) return x->cost < y->cost ? 1 : -1;
     if (x->problem != y->problem) return x->problem < y->problem ? -1 : 1;
+    if (x->m0 != y->m0) return x->m0 < y->m0 ? -1 : 1;
     return x->n0 < y->n0 ? -1 : (x->n0 > y->n0);
 }
 
@@ -316,7 +320,7 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
         const mx_gemm_problem *p = &problems[i];
         if (p->M == 0) continue;
         const int64_t nt = tile_rows(p->K);
-        n_items += (p->N + nt - 1) / nt;
+        n_items += (p->N + nt - 1) / nt * ((p->M + MX_GEMM_TILE_M - 1) / MX_GEMM_TILE_M);
         const int64_t bytes = nt * p->K * (int64_t)sizeof(float);
         scratch_bytes = bytes > scratch_bytes ? bytes : scratch_bytes;
         codes_bytes = nt * p->K > codes_bytes ? nt * p->K : codes_bytes;
@@ -337,11 +341,13 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
         const mx_gemm_problem *p = &problems[i];
         if (p->M == 0) continue;
         const int64_t nt = tile_rows(p->K);
-        for (int64_t n0 = 0; n0 < p->N; n0 += nt) {
-            const int64_t rows = p->N - n0 < nt ? p->N - n0 : nt;
-            /* cost ~ MACs plus unpacking (about two rows' worth of work per weight) */
-            items[w++] = (work_item){i, n0, rows, (double)(p->M + 2) * (double)rows * (double)p->K};
-        }
+        for (int64_t m0 = 0; m0 < p->M; m0 += MX_GEMM_TILE_M)
+            for (int64_t n0 = 0; n0 < p->N; n0 += nt) {
+                const int64_t rows = p->N - n0 < nt ? p->N - n0 : nt;
+                const int64_t m_end = p->M - m0 < MX_GEMM_TILE_M ? p->M : m0 + MX_GEMM_TILE_M;
+                /* cost ~ MACs plus unpacking (about two rows' worth of work per weight) */
+                items[w++] = (work_item){i, m0, m_end, n0, rows, (double)(m_end - m0 + 2) * (double)rows * (double)p->K};
+            }
     }
     qsort(items, (size_t)n_items, sizeof *items, by_cost_desc);
     /* threads: as asked (or the OpenMP default), but no more than there are tiles or chunks of
@@ -389,7 +395,7 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
             const mx_gemm_problem *p = &problems[it->problem];
             const enum gemm_path path = problem_path(&p->scheme);
             unpack_tile(p, path, it->n0, it->nt, codes, e4m3_table, scratch);
-            compute_tile(p, &acts[it->problem], path, it->n0, it->nt, scratch);
+            compute_tile(p, &acts[it->problem], path, it->m0, it->m_end, it->n0, it->nt, scratch);
         }
         free(scratch);
         free(codes);

@@ -14,8 +14,9 @@
  *                       y += d_g * (s_a * s_g).
  * Limits: per group |d_g| must fit int32: G * 127 * (2^W - 1) < 2^31 (K <= 66311 for per-channel w8 asym).
  *
- * Threads: OpenMP over (problem, N-tile) work items, largest first (dynamic schedule), each unpacking its tile of
- * weights once into a scratch and reusing it for all M rows. */
+ * Threads: OpenMP over (problem, token block, N-tile) work items, largest first (dynamic schedule), each unpacking
+ * its tile of weights once into a scratch and reusing it for all its token rows.  Results do not depend on the
+ * number of threads. */
 #ifndef MX_GEMM_REF_H
 #define MX_GEMM_REF_H
 
