@@ -307,7 +307,8 @@ static int by_cost_desc(const void *a, const void *b) {
 enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_problems, int n_threads,
                                  mx_error *err) {
     /* validate */
-    if (n_problems < 0) return mx_error_set(err, MX_ERR_INVALID_ARG, "n_problems=%lld is negative", (long long)n_problems);
+    if (n_problems < 0)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_problems=%lld is negative", (long long)n_problems);
     if (n_problems > 0 && !problems) return mx_error_set(err, MX_ERR_INVALID_ARG, "problems is NULL");
     for (int64_t i = 0; i < n_problems; i++) {
         mx_error inner = {MX_OK, ""};
@@ -346,7 +347,8 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
                 const int64_t rows = p->N - n0 < nt ? p->N - n0 : nt;
                 const int64_t m_end = p->M - m0 < MX_GEMM_TILE_M ? p->M : m0 + MX_GEMM_TILE_M;
                 /* cost ~ MACs plus unpacking (about two rows' worth of work per weight) */
-                items[w++] = (work_item){i, m0, m_end, n0, rows, (double)(m_end - m0 + 2) * (double)rows * (double)p->K};
+                const double cost = (double)(m_end - m0 + 2) * (double)rows * (double)p->K;
+                items[w++] = (work_item){i, m0, m_end, n0, rows, cost};
             }
     }
     qsort(items, (size_t)n_items, sizeof *items, by_cost_desc);
