@@ -3,10 +3,10 @@
  * Plan of one call:
  *   1. validate every problem (nothing is computed when one is wrong);
  *   2. quantize the activations of every a8/a4 problem once (per token, mx_quantize_activations), widened to
- *      int16 (int path) or to their exact f32 values (fp8 path);
+ *      int16 (int path) or to their exact values in double (fp8 path);
  *   3. split every problem into work items of up to MX_GEMM_TILE_M tokens x NT output channels, sort them by cost
  *      (largest first) and hand them to the threads dynamically; an item unpacks its [NT, K] weights once into a
- *      per-thread scratch (f32 values, int16 u - z, or exact fp8 values) and reuses it for all its token rows with a
+ *      per-thread scratch (f32 values, int16 u - z, or exact fp8 values in double) and reuses it for all its token rows with a
  *      2x4 register-blocked micro-kernel whose inner loop the compiler vectorizes (no -march flags needed).
  * Every tile writes a disjoint block of one Y, so results do not depend on the thread count.
  */
@@ -83,7 +83,7 @@ static enum mx_status validate_problem(const mx_gemm_problem *p, mx_error *err) 
 
 typedef struct prepared_acts {
     int16_t *q16;  /* [M, K] int path: q_a */
-    float *qf;     /* [M, K] fp8 path: the exact e4m3 values */
+    double *qf;    /* [M, K] fp8 path: the exact e4m3 values (double: the dot products run in double) */
     float *scales; /* [M] per-token scales */
 } prepared_acts;
 
@@ -104,7 +104,7 @@ static enum mx_status prepare_acts(const mx_gemm_problem *p, prepared_acts *a, m
     if (problem_path(s) == PATH_INT)
         a->q16 = malloc((size_t)(M * K) * sizeof(int16_t));
     else
-        a->qf = malloc((size_t)(M * K) * sizeof(float));
+        a->qf = malloc((size_t)(M * K) * sizeof(double));
     if (!values || !a->scales || (!a->q16 && !a->qf)) {
         free(values);
         return mx_error_set(err, MX_ERR_NOMEM, "no memory for the quantized activations (M=%lld, K=%lld)",
@@ -113,7 +113,7 @@ static enum mx_status prepare_acts(const mx_gemm_problem *p, prepared_acts *a, m
     enum mx_status st = mx_quantize_activations(p->x, M, K, s, values, a->scales, err);
     if (st == MX_OK) {
         if (s->fmt == MX_FMT_FP8_E4M3) {
-            for (int64_t i = 0; i < M * K; i++) a->qf[i] = mx_e4m3_to_f32(values[i]);
+            for (int64_t i = 0; i < M * K; i++) a->qf[i] = (double)mx_e4m3_to_f32(values[i]);
         } else if (s->a_bits == 8) {
             for (int64_t i = 0; i < M * K; i++) a->q16[i] = (int8_t)values[i];
         } else {
@@ -161,12 +161,12 @@ static void unpack_tile(const mx_gemm_problem *p, enum gemm_path path, int64_t n
             } else if (path == PATH_INT) {
                 int16_t *out = (int16_t *)scratch + r * K + g * G;
                 for (int64_t k = 0; k < G; k++) out[k] = (int16_t)((int32_t)c[k] - z);
-            } else { /* fp8 activations: e4m3 weights or the integers u - z, both exact in f32 */
-                float *out = (float *)scratch + r * K + g * G;
+            } else { /* fp8 activations: e4m3 weights or the integers u - z, exact in double */
+                double *out = (double *)scratch + r * K + g * G;
                 if (fp8_weights(s))
                     for (int64_t k = 0; k < G; k++) out[k] = e4m3_table[c[k]];
                 else
-                    for (int64_t k = 0; k < G; k++) out[k] = (float)((int32_t)c[k] - z);
+                    for (int64_t k = 0; k < G; k++) out[k] = (double)((int32_t)c[k] - z);
             }
         }
     }
@@ -216,9 +216,9 @@ static void dot_i16_2x4(const int16_t *restrict x0, const int16_t *restrict x1, 
 }
 
 // x0, x1: [len] exact fp8 values; w: 4 rows -> exact dot products (double holds every partial sum exactly)
-static void dot_fp8_2x4(const float *restrict x0, const float *restrict x1, const float *const w[4], int64_t len,
-                        double out[8]) {
-    const float *restrict w0 = w[0], *restrict w1 = w[1], *restrict w2 = w[2], *restrict w3 = w[3];
+static void dot_fp8_2x4(const double *restrict x0, const double *restrict x1, const double *const w[4],
+                        int64_t len, double out[8]) {
+    const double *restrict w0 = w[0], *restrict w1 = w[1], *restrict w2 = w[2], *restrict w3 = w[3];
     double s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
 #pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13)
     for (int64_t k = 0; k < len; k++) {
@@ -266,9 +266,9 @@ static void compute_tile(const mx_gemm_problem *p, const prepared_acts *acts, en
                         dot_i16_2x4(acts->q16 + m * K + g * G, acts->q16 + m1 * K + g * G, w, G, di);
                         for (int i = 0; i < 8; i++) d[i] = (float)di[i];
                     } else {
-                        const float *w[4];
+                        const double *w[4];
                         double dd[8];
-                        for (int j = 0; j < 4; j++) w[j] = (const float *)scratch + rows[j] * K + g * G;
+                        for (int j = 0; j < 4; j++) w[j] = (const double *)scratch + rows[j] * K + g * G;
                         dot_fp8_2x4(acts->qf + m * K + g * G, acts->qf + m1 * K + g * G, w, G, dd);
                         for (int i = 0; i < 8; i++) d[i] = (float)dd[i];
                     }
@@ -322,7 +322,9 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
         if (p->M == 0) continue;
         const int64_t nt = tile_rows(p->K);
         n_items += (p->N + nt - 1) / nt * ((p->M + MX_GEMM_TILE_M - 1) / MX_GEMM_TILE_M);
-        const int64_t bytes = nt * p->K * (int64_t)sizeof(float);
+        /* f32 values, int16 codes or (fp8 path) doubles */
+        const int64_t elem = problem_path(&p->scheme) == PATH_FP8 ? (int64_t)sizeof(double) : (int64_t)sizeof(float);
+        const int64_t bytes = nt * p->K * elem;
         scratch_bytes = bytes > scratch_bytes ? bytes : scratch_bytes;
         codes_bytes = nt * p->K > codes_bytes ? nt * p->K : codes_bytes;
     }
