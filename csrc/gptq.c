@@ -406,7 +406,7 @@ static enum mx_status check_inputs(const float *w, const double *H, int64_t N, i
         if (H[i * K + i] < 0)
             return mx_error_set(err, MX_ERR_INVALID_ARG, "gptq: H[%lld, %lld]=%g < 0: a Hessian X^T X has a "
                                 "non-negative diagonal", (long long)i, (long long)i, H[i * K + i]);
-    for (int64_t ib = 0; ib < K; ib += MX_NB) /* 64 x 64 tiles: the transposed reads stay in cache */
+    for (int64_t ib = 0; ib < K; ib += MX_NB) /* MX_NB x MX_NB tiles: the transposed reads stay in cache */
         for (int64_t jb = 0; jb <= ib; jb += MX_NB)
             for (int64_t i = ib; i < ib + MX_NB && i < K; i++)
                 for (int64_t j = jb; j < jb + MX_NB && j < i; j++)
