@@ -7,7 +7,7 @@
  *   objective coefficients and row bounds -> map the best group choice back to blocks.
  *
  * Rows of the GLPK problem: one equality row per tie group (sum_s x = 1), the weight budget row, the activation
- * budget row (optional), the time row and the loss row (free unless a limit or a lexicographic stage bounds it).
+ * budget row (optional), the time row and the loss row (free unless max_time / max_loss bound it).
  * Coefficients are normalised (budget rows by sum params, time and loss by their scale) so that every row and the
  * objective are O(1), which is where GLPK's absolute-ish tolerances (1e-7 * (1 + |value|)) are meaningful. */
 #include "mx_ilp.h"
@@ -28,11 +28,11 @@ typedef struct ilp_point {
     double l, t;       /* normalised: loss / loss_scale, time / time_scale */
 } ilp_point;
 
-/* One MILP request: objective weights and the upper bounds of the time/loss rows (original units, +inf = none).
- * `*_hard` limits are checked on the returned assignment; `*_stage` bounds (lexicographic second stage) are not. */
+/* One MILP request: objective weights, the upper bounds of the time/loss rows (original units, +inf = none; checked
+ * on the returned assignment), and which budget rows are active. */
 typedef struct ilp_request {
     double w_loss, w_time, w_wbits;
-    double time_hard, loss_hard, time_stage, loss_stage;
+    double time_hard, loss_hard;
     int use_budget, use_act;
 } ilp_request;
 
@@ -46,13 +46,13 @@ typedef struct ilp_model {
     double *g_wcost, *g_acost; /* [n_groups, n_schemes] sum params * (activation) bits; g_acost NULL if unused */
     double params_total;
     double loss_scale, time_scale;
+    double loss_upper, time_upper; /* normalised sum over groups of the largest allowed value (>= 1e-300) */
     int n_cols;
     int *col_group, *col_scheme; /* [n_cols + 1], GLPK's 1-based column index */
     glp_prob *lp;
     int row_budget, row_act, row_time, row_loss;
     int64_t *choice_g;       /* [n_groups] scratch: group -> scheme of the last MILP */
     int64_t *best_g;         /* [n_groups] the best assignment so far */
-    int64_t *stash_g;        /* [n_groups] first-stage choice of a lexicographic solve */
     double *frontier;        /* [2 * frontier_cap] */
     int64_t n_frontier, frontier_cap;
     double *segments;        /* [4 * segment_cap] stack of (lA, tA, lB, tB) */
@@ -152,7 +152,6 @@ static void model_free(ilp_model *m) {
     free(m->col_scheme);
     free(m->choice_g);
     free(m->best_g);
-    free(m->stash_g);
     free(m->frontier);
     free(m->segments);
     free(m);
@@ -239,6 +238,20 @@ static double value_scale(const ilp_model *m, const double *values) {
     }
     double scale = fmax(sum_min, 1e-3 * sum_mean);
     return scale > 0 && isfinite(scale) ? scale : 1.0;
+}
+
+/* Sum over groups of the largest allowed value: an upper bound of L (or T) of any assignment. */
+// values: [n_groups, n_schemes]
+static double upper_sum(const ilp_model *m, const double *values) {
+    int64_t ns = m->p->n_schemes;
+    double total = 0;
+    for (int64_t g = 0; g < m->n_groups; g++) {
+        double mx = 0;
+        for (int64_t s = 0; s < ns; s++)
+            if (is_allowed(m->g_loss[g * ns + s], m->g_time[g * ns + s])) mx = fmax(mx, values[g * ns + s]);
+        total += mx;
+    }
+    return total;
 }
 
 /* True if scheme s of group g is dominated: another allowed scheme is no worse in bits, activation bits, loss
@@ -373,7 +386,7 @@ static enum mx_status solve_milp(ilp_model *m, const ilp_request *q, int *feasib
     double tlimit = q->time_hard * (1 + MX_ILP_LIMIT_RTOL), llimit = q->loss_hard * (1 + MX_ILP_LIMIT_RTOL);
     /* row upper bounds in normalised units; tightened below when GLPK's tolerance let a violation through */
     double w_ub = q->use_budget ? wlimit : INFINITY, a_ub = q->use_act && m->row_act ? alimit : INFINITY;
-    double t_ub = fmin(tlimit, q->time_stage) / m->time_scale, l_ub = fmin(llimit, q->loss_stage) / m->loss_scale;
+    double t_ub = tlimit / m->time_scale, l_ub = llimit / m->loss_scale;
     glp_iocp parm;
     glp_init_iocp(&parm);
     parm.msg_lev = GLP_MSG_OFF;
@@ -429,32 +442,21 @@ static enum mx_status solve_milp(ilp_model *m, const ilp_request *q, int *feasib
 }
 
 static ilp_request base_request(const mx_ilp_problem *p) {
-    ilp_request q = {0, 0, 0, p->max_time, p->max_loss, INFINITY, INFINITY, 1, 1};
+    ilp_request q = {0, 0, 0, p->max_time, p->max_loss, 1, 1};
     return q;
 }
 
-/* lexmin(primary, secondary) where primary is loss (loss_first) or time: two MILPs. */
+/* lexmin(primary, secondary), primary = loss (loss_first) or time, as ONE MILP: min primary + eta * secondary with
+ * eta = MX_ILP_EPS / (largest possible normalised secondary).  The primary ends within MX_ILP_EPS (normalised) of
+ * its minimum and exact ties in it are broken by the secondary.  (A true second stage, min secondary s.t.
+ * primary <= optimum + eps, is a needle-in-a-haystack MILP: on one DeepSeek-V2-Lite layer GLPK ran for minutes
+ * without an incumbent, while this one solves in the time of the first stage.) */
 static enum mx_status lexmin(ilp_model *m, int loss_first, int *feasible, ilp_point *out, mx_error *err) {
     ilp_request q = base_request(m->p);
-    if (loss_first) q.w_loss = 1;
-    else q.w_time = 1;
-    enum mx_status st = solve_milp(m, &q, feasible, out, err);
-    if (st != MX_OK || !*feasible) return st;
-    ilp_point first = *out;
-    q.w_loss = !loss_first, q.w_time = loss_first;
-    /* second stage: stay within MX_ILP_EPS (normalised) of the primary optimum */
-    if (loss_first) q.loss_stage = (first.l + MX_ILP_EPS * (1 + first.l)) * m->loss_scale;
-    else q.time_stage = (first.t + MX_ILP_EPS * (1 + first.t)) * m->time_scale;
-    int feasible2 = 0;
-    int64_t *keep = m->stash_g; /* stash the first-stage choice in case the second stage fails numerically */
-    memcpy(keep, m->choice_g, sizeof(int64_t) * m->n_groups);
-    st = solve_milp(m, &q, &feasible2, out, err);
-    if (st != MX_OK) return st;
-    if (!feasible2) {
-        memcpy(m->choice_g, keep, sizeof(int64_t) * m->n_groups);
-        *out = first;
-    }
-    return MX_OK;
+    double eta = MX_ILP_EPS / (loss_first ? m->time_upper : m->loss_upper);
+    q.w_loss = loss_first ? 1.0 : eta;
+    q.w_time = loss_first ? eta : 1.0;
+    return solve_milp(m, &q, feasible, out, err);
 }
 
 static enum mx_status push_frontier(ilp_model *m, const ilp_point *pt, mx_error *err) {
@@ -660,10 +662,11 @@ enum mx_status mx_ilp_solve(const mx_ilp_problem *p, mx_ilp_solution *sol, mx_er
     }
     m->loss_scale = value_scale(m, m->g_loss);
     m->time_scale = value_scale(m, m->g_time);
+    m->loss_upper = fmax(upper_sum(m, m->g_loss) / m->loss_scale, 1e-300);
+    m->time_upper = fmax(upper_sum(m, m->g_time) / m->time_scale, 1e-300);
     m->choice_g = malloc(sizeof(int64_t) * (size_t)ng);
     m->best_g = malloc(sizeof(int64_t) * (size_t)ng);
-    m->stash_g = malloc(sizeof(int64_t) * (size_t)ng);
-    if (!m->choice_g || !m->best_g || !m->stash_g) {
+    if (!m->choice_g || !m->best_g) {
         st = mx_error_set(err, MX_ERR_NOMEM, "out of memory (choices)");
         goto done;
     }
