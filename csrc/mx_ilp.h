@@ -56,6 +56,11 @@ extern "C" {
  * tie-breaking objective of a lexicographic solve and the minimum improvement of a dichotomic step. */
 #define MX_ILP_EPS 1e-7
 
+/* Every MILP whose only constraint is the weight budget (no act budget, max_time, max_loss) is a multiple-choice
+ * knapsack; AUTO solves those with an exact specialised branch and bound (ilp.c) and everything else with GLPK.
+ * GLPK forces GLPK for all (cross-checks, benchmarks). */
+enum mx_ilp_solver { MX_ILP_SOLVER_AUTO = 0, MX_ILP_SOLVER_GLPK = 1 };
+
 typedef struct mx_ilp_problem {
     int64_t n_blocks;       /* >= 0 */
     int64_t n_schemes;      /* >= 1 */
@@ -72,6 +77,7 @@ typedef struct mx_ilp_problem {
     double max_time;        /* +inf = no limit */
     double max_loss;        /* +inf = no limit */
     int prune;              /* 1: skip frontier segments that cannot beat the best point (0: whole hull) */
+    int solver;             /* enum mx_ilp_solver: MX_ILP_SOLVER_AUTO (0) or MX_ILP_SOLVER_GLPK (1) */
 } mx_ilp_problem;
 
 typedef struct mx_ilp_solution {
