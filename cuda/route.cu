@@ -670,10 +670,13 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
     switch (vpt_for(I)) {
 #define MX_ACT_CASE(V)                                                                                            \
     case V:                                                                                                       \
-        if (smem > 48 * 1024 &&                                                                                   \
-            cudaFuncSetAttribute(act_mul_quant_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) \
-                != cudaSuccess)                                                                                   \
-            return route_check_launch(fn, err);                                                                   \
+        if (smem > 48 * 1024) { /* the Hadamard row of I > 12k floats: opt in to more shared memory */           \
+            const cudaError_t code = cudaFuncSetAttribute(act_mul_quant_kernel<V>,                                \
+                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));\
+            if (code != cudaSuccess)                                                                              \
+                return route_error(err, MX_ERR_CUDA, "%s: %zu bytes of shared memory for the Hadamard of I=%lld: %s",\
+                                   fn, smem, (long long)I, cudaGetErrorString(code));                             \
+        }                                                                                                         \
         act_mul_quant_kernel<V><<<grid, kRowThreads, smem, s>>>(d_gate_up, ld_gate_up, I, d_row_offsets,         \
                                                                 n_groups, d_group_formats, had, hadamard != 0,   \
                                                                 *out);                                           \
