@@ -360,7 +360,7 @@ def run(args: argparse.Namespace) -> dict:
                 variants.append((f"mxmoe_{name}", name, (lambda e, b, n=name: n), False, None))
         plans_needed = sorted({("decode-3.25bit" if t <= DECODE_MAX_TOKENS else "prefill-w8a8-w4a8")
                                for t in args.tokens})
-        for variant in variants + [(p, p, mixed_assign(p, E + len(shared), args.seed), True, p)
+        for variant in variants + [(p, p, mixed_assign(p, E, args.seed), True, p)
                                    for p in plans_needed if "mixed" in args.impls]:
             label, scheme_or_plan, assign, mixed, plan = variant
             try:
