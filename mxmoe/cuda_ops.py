@@ -503,20 +503,25 @@ class MoELayerCUDA:
 
     __call__ = forward
 
-    def gemm_only(self, tokens: int, sequential: bool = False) -> None:
-        """Re-run only the two fused GEMM launches of the last forward call of `tokens` tokens, on its buffers (the
-        "gemm" scope of the benchmark: routing, quantization and combine excluded)."""
+    def gemm_only(self, tokens: int, sequential: bool = False, stage: Optional[str] = None) -> None:
+        """Re-run only the fused GEMM launches of the last forward call of `tokens` tokens, on its buffers (the
+        "gemm" scope of the benchmark: routing, quantization and combine excluded); `stage` "gate_up" or "down"
+        runs one of the two."""
         import torch
 
         if tokens < 1 or tokens > self._capacity:
             raise ValueError(f"tokens={tokens}: call forward with at least this many tokens first "
                              f"(capacity {self._capacity})")
+        if stage not in (None, "gate_up", "down"):
+            raise ValueError(f"stage={stage!r} must be None, 'gate_up' or 'down'")
         ws, stream = self._workspace, torch.cuda.current_stream(self.device).cuda_stream
         n_rows = tokens * (self.top_k + self.n_shared_groups)
-        self._gemm(self._gate_up_tables, ws, n_rows, self._acts(ws, "x", self.hidden_size), ws["y_gate_up"],
-                   sequential, stream)
-        self._gemm(self._down_tables, ws, n_rows, self._acts(ws, "h", self.intermediate_size), ws["y_down"],
-                   sequential, stream)
+        if stage in (None, "gate_up"):
+            self._gemm(self._gate_up_tables, ws, n_rows, self._acts(ws, "x", self.hidden_size), ws["y_gate_up"],
+                       sequential, stream)
+        if stage in (None, "down"):
+            self._gemm(self._down_tables, ws, n_rows, self._acts(ws, "h", self.intermediate_size), ws["y_down"],
+                       sequential, stream)
 
     def weight_bytes(self, groups: Optional[Sequence[int]] = None) -> int:
         """Bytes of the packed buffers of the given expert groups (all by default): what a GEMM must read."""

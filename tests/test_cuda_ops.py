@@ -254,3 +254,12 @@ def test_layer_hadamard_host_checks():
         MoELayerCUDA(experts, top_k=1, shared_experts=[_expert(rng, H, 256)], down_hadamard=good, device="cpu")
     with pytest.raises(ValueError, match="must be a CUDA device"):  # valid factors: only the device is wrong
         MoELayerCUDA(experts, top_k=1, down_hadamard=good, device="cpu")
+
+
+def test_gpu_tag():
+    from mxmoe.bench_kernels import gpu_tag
+
+    assert gpu_tag("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_tag("NVIDIA H200") == "h200"
+    assert gpu_tag("NVIDIA GeForce RTX 4090") == "rtx4090"
+    assert gpu_tag("Some GPU v2") == "some-gpu-v2"

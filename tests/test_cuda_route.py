@@ -426,3 +426,21 @@ def test_layer_bad_input_before_launch():
     torch.cuda.synchronize()
     assert int(layer.last_dropped.item()) == 1 and torch.isfinite(out.float()).all()
     assert layer(hidden[:0], idx[:0], w[:0]).shape == (0, 256)
+
+
+def test_bench_kernels_smoke(tmp_path):
+    """The benchmark runs end to end on a small configuration and writes its records and kernel profile."""
+    import json
+
+    from mxmoe.bench_kernels import main
+
+    out = tmp_path / "kernels.json"
+    assert main(["--models", "qwen1.5-moe", "--tokens", "16", "--schemes", "w4a16_g128_asym", "--impls", "uniform",
+                 "mixed", "profile", "--reps", "3", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    impls = {(r["impl"], r["scope"]) for r in payload["records"] if r.get("us")}
+    for impl in ("torch_bf16_grouped_mm", "mxmoe_w4a16_g128_asym", "mxmoe_mixed_fused", "mxmoe_mixed_sequential"):
+        assert (impl, "layer") in impls and (impl, "gemm") in impls, (impl, sorted(impls))
+    assert all(r["us"] > 0 for r in payload["records"] if r.get("us"))
+    assert {(e["n"], e["k"]) for e in payload["entries"]} == {(1408, 2048), (2048, 1408)}
+    assert payload["gpu"] and payload["roofline"]["copy_tb_s"] > 0
