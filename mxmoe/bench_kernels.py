@@ -264,10 +264,10 @@ class TorchLayer:
         offs = torch.cumsum(torch.histc(ids.int(), bins=self.E, min=0, max=self.E - 1), 0, dtype=torch.int32)
         gu = self._mm(x, "gate_up", offs)
         h = torch.nn.functional.silu(gu[:, :self.I]) * gu[:, self.I:]
-        y = self._mm(h, "down", offs) * w.reshape(-1)[perm].unsqueeze(-1).to(torch.bfloat16)
+        y = self._mm(h, "down", offs) * w.reshape(-1)[perm].unsqueeze(-1)  # f32 weights promote, as transformers
         inv = torch.empty_like(perm)
         inv[perm] = torch.arange(perm.numel(), device=perm.device)
-        out = y[inv].view(T, self.k, self.H).sum(dim=1)
+        out = y[inv].view(T, self.k, self.H).sum(dim=1).to(hidden.dtype)
         for j in range(len(self.shared)):
             gu_s = self._dense(hidden, j, 0)
             I_s = gu_s.shape[1] // 2
