@@ -1,0 +1,46 @@
+"""Shared pytest fixtures.  Tiny random-config MoE models live in tests/tiny_models.py (importable by any test)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tiny_models import TINY_MODEL_TYPES, random_token_windows, tiny_model  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINI_MODEL_DIR = os.path.join(REPO_ROOT, "models", "qwen2moe-mini")
+WIKITEXT_DIR = os.path.join(REPO_ROOT, "data", "wikitext-2")
+
+
+@pytest.fixture(params=TINY_MODEL_TYPES)
+def tiny_moe_model(request):
+    """A tiny random model of each supported architecture (parametrized over TINY_MODEL_TYPES)."""
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory():
+    """``tiny_model_factory(model_type, seed=0, dtype=torch.float32)`` -> a fresh tiny model."""
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
+def mini_model():
+    """The bundled qwen2moe-mini model (bf16 weights loaded as float32, eval mode), shared by the session."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(MINI_MODEL_DIR, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def mini_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(MINI_MODEL_DIR)
+
+
+__all__ = ["random_token_windows", "tiny_model", "TINY_MODEL_TYPES", "MINI_MODEL_DIR", "WIKITEXT_DIR"]
