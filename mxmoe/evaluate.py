@@ -1,7 +1,10 @@
 """Perplexity with the GPTQ / MxMoE protocol: the text tokenized once, non-overlapping windows, no BOS."""
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,3 +52,190 @@ def perplexity(model: Any, tokenizer: Any, text: str, seq_len: int = 512, max_wi
     finally:
         model.train(model_was_training)
     return math.exp(total_nll / n_windows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Accuracy tables: `python -m mxmoe demo` and `python -m mxmoe bench accuracy` (mini model, WikiText-2)
+
+UNIFORM_WEIGHT_SCHEMES = ("w4a16_g128_asym", "w3a16_g128_asym", "w2a16_g128_asym")
+UNIFORM_ACT_SCHEMES = ("w8a8_g-1_sym", "w4a8_g-1_sym", "w4a4_g-1_sym")
+MXMOE_WEIGHT_BUDGETS = (2.25, 2.5, 3.25, 4.25)
+MXMOE_WA_BUDGETS = (5.0, 6.0)  # average bits of weights and of activations (mixing e.g. w4a4 .. w8a8)
+
+
+def accuracy_configs() -> list[dict]:
+    """The rows of the accuracy table, in order (name -> how to build the model)."""
+    rows: list[dict] = [{"name": "bf16", "kind": "reference"}]
+    for method in ("rtn", "gptq"):
+        for scheme in UNIFORM_WEIGHT_SCHEMES:
+            rows.append({"name": f"{method} {scheme}", "kind": "uniform", "scheme": scheme, "method": method,
+                         "rotate": False})
+    for scheme in UNIFORM_WEIGHT_SCHEMES:  # the same, with rotation: isolates what the allocation buys
+        rows.append({"name": f"gptq+had {scheme}", "kind": "uniform", "scheme": scheme, "method": "gptq",
+                     "rotate": True})
+    for scheme in UNIFORM_ACT_SCHEMES:
+        rows.append({"name": f"rtn+had {scheme}", "kind": "uniform", "scheme": scheme, "method": "rtn",
+                     "rotate": True})
+    for r in (1.0, 0.75):
+        for wbits in MXMOE_WEIGHT_BUDGETS:
+            rows.append({"name": f"mxmoe w{wbits} r{r}", "kind": "mxmoe", "wbits": wbits, "abits": None, "r": r,
+                         "method": "gptq", "rotate": True})
+        for bits in MXMOE_WA_BUDGETS:
+            rows.append({"name": f"mxmoe w{bits}a{bits} r{r}", "kind": "mxmoe", "wbits": bits, "abits": bits,
+                         "r": r, "method": "gptq", "rotate": True})
+    return rows
+
+
+class _Workbench:
+    """A float32 base model, its rotated twin and one profile of each, reused by every configuration."""
+
+    def __init__(self, model_dir: str, calib_text: str, n_samples: int, seq_len: int = 512, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .model import calibration_windows
+        self.model_dir, self.seq_len, self.seed = model_dir, seq_len, seed
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.windows = calibration_windows(calib_text, self.tokenizer, seq_len, n_samples, seed)
+        self._rotated = None
+        self._profiles: dict[bool, Any] = {}
+
+    def model(self, rotated: bool) -> Any:
+        import copy
+        if not rotated:
+            return copy.deepcopy(self.base)
+        if self._rotated is None:
+            from .rotate import rotate_model
+            self._rotated = rotate_model(copy.deepcopy(self.base), seed=self.seed)
+        return copy.deepcopy(self._rotated)
+
+    def profile(self, rotated: bool) -> Any:
+        if rotated not in self._profiles:
+            from .profile import profile
+            model = self._rotated if rotated else self.base
+            if model is None:
+                self.model(True)
+                model = self._rotated
+            self._profiles[rotated] = profile(model, self.windows, seq_len=self.seq_len,
+                                              n_samples=self.windows.shape[0])
+        return self._profiles[rotated]
+
+    def build(self, config: dict) -> Any:
+        """The quantized (or reference) model of one accuracy_configs() row."""
+        from .model import quantize
+        if config["kind"] == "reference":
+            return self.base
+        rotated = bool(config["rotate"])
+        model, prof = self.model(rotated), self.profile(rotated)
+        if config["kind"] == "uniform":
+            from .allocate import Plan
+            plan = Plan.uniform(prof, config["scheme"])
+            return quantize(model, self.windows, plan=plan, method=config["method"], rotate=False,
+                            prerotated=rotated, profile=prof, seed=self.seed)
+        return quantize(model, self.windows, wbits=config["wbits"], abits=config["abits"], r=config["r"],
+                        method=config["method"], rotate=False, prerotated=rotated, profile=prof, seed=self.seed)
+
+
+def _machine() -> dict:
+    import platform
+    from ._cuda_status import cuda_status
+    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "cuda": cuda_status()}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _plan_fields(model: Any) -> dict:
+    plan = getattr(model, "mxmoe_plan", None)
+    if plan is None:
+        return {}
+    fields = {}
+    for key in ("average_bits", "predicted_loss", "predicted_time"):
+        value = getattr(plan, key, None)
+        if value is not None:
+            fields[key] = float(value)
+    return fields
+
+
+def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples: int = 128,
+                       only: list[str] | None = None, model_dir: str | None = None) -> int:
+    """Every accuracy_configs() row on the mini model: PPL on WikiText-2 test (seq 512), written (atomically,
+    after every row, so a long run can be followed) to ``out_path``."""
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    model_dir = model_dir or str(root / "models" / "qwen2moe-mini")
+    test_text = (root / "data" / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
+    calib_text = (root / "data" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")
+    bench = _Workbench(model_dir, calib_text, n_samples)
+    out = Path(out_path)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "command": "python -m mxmoe " + " ".join(sys.argv[1:]) if sys.argv else "",
+              "machine": _machine(), "model": "models/qwen2moe-mini (fp32 compute)",
+              "text": "data/wikitext-2/test.txt", "seq_len": 512, "max_windows": max_windows,
+              "calibration": f"{bench.windows.shape[0]} x 512 tokens of data/wikitext-2/valid.txt",
+              "reference_points_design_md": {"fp32": 68.99, "rtn w4": 69.43, "gptq w4": 69.79, "rtn w3": 72.08,
+                                             "gptq w3": 71.99, "rtn w2": 105.89, "gptq w2": 98.21},
+              "rows": []}
+    for config in accuracy_configs():
+        if only and config["name"] not in only:
+            continue
+        started = time.time()
+        model = bench.build(config)
+        built = time.time() - started
+        ppl = perplexity(model, bench.tokenizer, test_text, seq_len=512, max_windows=max_windows)
+        row = {**config, "ppl": round(ppl, 3), "quantize_s": round(built, 1),
+               "eval_s": round(time.time() - started - built, 1), **_plan_fields(model)}
+        result["rows"].append(row)
+        print(f"{config['name']:<28} ppl {ppl:8.3f}   ({row['quantize_s']:.0f} s quantize, {row['eval_s']:.0f} s eval)",
+              flush=True)
+        _write_json_atomic(out, result)
+        del model
+    print(f"written {out}")
+    return 0
+
+
+def run_demo(out_dir: str = "out/qwen2moe-mini-mxmoe", wbits: float = 3.25, n_samples: int = 32,
+             max_windows: int = 40) -> int:
+    """The README's main job: quantize the bundled mini model at ``wbits`` and compare with bf16 and uniform GPTQ
+    at the nearest uniform budget on the first ``max_windows`` windows of WikiText-2 test."""
+    import time
+
+    from .checkpoint import save_quantized
+
+    root = Path(__file__).resolve().parent.parent
+    model_dir = str(root / "models" / "qwen2moe-mini")
+    test_text = (root / "data" / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
+    calib_text = (root / "data" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")
+    started = time.time()
+    print(f"[1/4] loading {model_dir} and {n_samples} calibration windows of WikiText-2 valid", flush=True)
+    bench = _Workbench(model_dir, calib_text, n_samples)
+    print("[2/4] rotating, profiling and allocating", flush=True)
+    mx_config = {"name": f"mxmoe w{wbits} r0.75", "kind": "mxmoe", "wbits": wbits, "abits": None, "r": 0.75,
+                 "method": "gptq", "rotate": True}
+    mx_model = bench.build(mx_config)
+    print(mx_model.mxmoe_plan.summary())
+    uniform = {2.25: "w2a16_g128_asym", 3.25: "w3a16_g128_asym", 4.25: "w4a16_g128_asym"}
+    nearest = min(uniform, key=lambda b: abs(b - wbits))
+    print(f"[3/4] uniform GPTQ baseline ({uniform[nearest]}, {nearest} bits)", flush=True)
+    uni_model = bench.build({"name": "gptq+had", "kind": "uniform", "scheme": uniform[nearest], "method": "gptq",
+                             "rotate": True})
+    print(f"[4/4] perplexity on the first {max_windows} windows of WikiText-2 test (seq 512)", flush=True)
+    rows = [("bf16 weights (fp32 compute)", "16", bench.base),
+            (f"uniform GPTQ {uniform[nearest]} (+Hadamard)", f"{nearest:.2f}", uni_model),
+            (f"MxMoE (r=0.75)", f"{getattr(mx_model.mxmoe_plan, 'average_bits', wbits):.2f}", mx_model)]
+    print(f"\n{'model':<40} {'weight bits':>11} {'PPL':>9}")
+    for name, bits, model in rows:
+        ppl = perplexity(model, bench.tokenizer, test_text, seq_len=512, max_windows=max_windows)
+        print(f"{name:<40} {bits:>11} {ppl:9.2f}", flush=True)
+    out = save_quantized(mx_model, out_dir, tokenizer=bench.tokenizer)
+    print(f"\nsaved the MxMoE model to {out} (load: mxmoe.load_quantized, or AutoModelForCausalLM.from_pretrained "
+          f"after import mxmoe); {time.time() - started:.0f} s in all")
+    return 0

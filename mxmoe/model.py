@@ -144,7 +144,8 @@ def _quantize_block(W: np.ndarray, H: np.ndarray | None, scheme: Any, method: st
 def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = None, r: float = 0.75,
              candidates: Sequence[SchemeLike] | None = None, plan: Any = None, method: str = "gptq",
              rotate: bool = True, tokenizer: Any = None, seq_len: int = 512, n_samples: int = 128, seed: int = 0,
-             gpu: str = "h100", tokens: int = 512, profile: Any = None, progress: bool = True,
+             gpu: str = "h100", tokens: int = 512, profile: Any = None, prerotated: bool = False,
+             progress: bool = True,
              **allocate_kwargs: Any) -> Any:
     """Quantize the experts (routed and shared) of a transformers MoE model in place; returns it with
     ``model.mxmoe_plan`` (and ``model.mxmoe_report``: starved experts, average bits).
@@ -183,6 +184,8 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
     windows = calibration_windows(calib, tokenizer, seq_len, n_samples, seed) if need_profile and profile is None \
         else None
 
+    if rotate and prerotated:
+        raise ValueError("rotate=True and prerotated=True: the model would be rotated twice")
     if rotate:
         from .rotate import rotate_model
         logger.info("rotating the residual stream (random Hadamard, seed %d)", seed)
@@ -204,7 +207,7 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
             weights, flags, shared_modules = [], [], []
             for expert in range(layer.num_total_experts):
                 down_scheme = as_scheme(plan.scheme_for(li, expert, "down"))
-                online = bool(rotate and down_scheme.quantizes_activations)
+                online = bool((rotate or prerotated) and down_scheme.quantizes_activations)
                 quantized = []
                 for block in ("gate", "up", "down"):
                     scheme = as_scheme(plan.scheme_for(li, expert, block))
@@ -235,7 +238,7 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
                         qw, linear.bias, input_hadamard=(block == "down" and online), hadamard_seed=seed))
 
     model.mxmoe_plan = plan
-    model.mxmoe_extra_config = {"rotation": {"rotated": bool(rotate), "seed": int(seed)}, "method": method}
+    model.mxmoe_extra_config = {"rotation": {"rotated": bool(rotate or prerotated), "seed": int(seed)}, "method": method}
     model.mxmoe_report = {"starved_experts": starved,
                           "n_starved": sum(len(v) for v in starved.values()),
                           "average_bits": getattr(plan, "average_bits", None)}
