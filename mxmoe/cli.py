@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from .evaluate import run_accuracy_bench
     return run_accuracy_bench(out_path=args.out, max_windows=args.max_windows, n_samples=args.n_samples,
-                              only=_candidates(args.only))
+                              only=_candidates(args.only), fast_eval=args.fast_eval)
 
 
 def cmd_bench_kernels(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/qwen2moe-mini-mxmoe", help="where to save the quantized model")
     p.add_argument("--wbits", type=float, default=3.25)
     p.add_argument("--n-samples", type=int, default=32, help="calibration windows of 512 tokens")
-    p.add_argument("--max-windows", type=int, default=40, help="WikiText-2 test windows for the table")
+    p.add_argument("--max-windows", type=int, default=24, help="WikiText-2 test windows for the table")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks: accuracy (CPU ok) or kernels (GPU)")
@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "accuracy-mini.json"))
     b.add_argument("--max-windows", type=int, default=None, help="limit test windows (default: all 706)")
     b.add_argument("--n-samples", type=int, default=128)
-    b.add_argument("--only", default=None, help="comma-separated config names to run")
+    b.add_argument("--only", default=None, help="comma-separated config names to run (merged into --out)")
+    b.add_argument("--fast-eval", action="store_true",
+                   help="evaluate with dequantized weights (checked against the packed path on 2 windows)")
     b.set_defaults(func=cmd_bench_accuracy)
     b = bench.add_parser("kernels", help="GPU kernel benchmark (mxmoe.bench_kernels)", add_help=False)
     b.set_defaults(func=None)
