@@ -288,6 +288,8 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
               "reference_points_design_md": {"fp32": 68.99, "rtn w4": 69.43, "gptq w4": 69.79, "rtn w3": 72.08,
                                              "gptq w3": 71.99, "rtn w2": 105.89, "gptq w2": 98.21},
               "rows": []}
+    if previous is not None:  # --only: keep the other rows of the existing file, replace the named ones
+        result["rows"] = [r for r in previous.get("rows", []) if r["name"] not in only]
     for config in accuracy_configs():
         if only and config["name"] not in only:
             continue
@@ -309,11 +311,6 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
                "eval_path": "dequantized" if fast_eval and config["kind"] != "reference" else "packed",
                **check, **_plan_fields(model)}
         result["rows"].append(row)
-        if previous is not None:  # --only: merge into the existing file, replacing rows of the same name
-            names = {r["name"] for r in result["rows"]}
-            merged = [r for r in previous.get("rows", []) if r["name"] not in names] + result["rows"]
-            result = {**previous, **{k: v for k, v in result.items() if k != "rows"}, "rows": merged}
-            previous = None
         print(f"{config['name']:<28} ppl {ppl:8.3f}   ({row['quantize_s']:.0f} s quantize, {row['eval_s']:.0f} s eval)",
               flush=True)
         _write_json_atomic(out, result)
