@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from .evaluate import run_accuracy_bench
     return run_accuracy_bench(out_path=args.out, max_windows=args.max_windows, n_samples=args.n_samples,
-                              only=_candidates(args.only), fast_eval=args.fast_eval)
+                              only=_candidates(args.only))
 
 
 def cmd_bench_kernels(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -187,8 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-windows", type=int, default=None, help="limit test windows (default: all 706)")
     b.add_argument("--n-samples", type=int, default=128)
     b.add_argument("--only", default=None, help="comma-separated config names to run (merged into --out)")
-    b.add_argument("--fast-eval", action="store_true",
-                   help="evaluate with dequantized weights (checked against the packed path on 2 windows)")
     b.set_defaults(func=cmd_bench_accuracy)
     b = bench.add_parser("kernels", help="GPU kernel benchmark (mxmoe.bench_kernels)", add_help=False)
     b.set_defaults(func=None)

@@ -1,12 +1,11 @@
 """Perplexity with the GPTQ / MxMoE protocol: the text tokenized once, non-overlapping windows, no BOS."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -53,104 +52,6 @@ def perplexity(model: Any, tokenizer: Any, text: str, seq_len: int = 512, max_wi
     finally:
         model.train(model_was_training)
     return math.exp(total_nll / n_windows)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Dequantized evaluation (benchmarks only).  The packed C path runs ~10x slower than MKL on this CPU, which makes
-# 25 configurations x 706 windows impractical; `dequantized_forward` evaluates the *same* quantized model with
-# dense dequantized weights (and the same C activation quantizer for a8/a4 schemes).  Results differ from the packed
-# path only by f32 summation order (and, rarely, an activation rounding flip); tests/test_model.py checks the two
-# paths agree, and every benchmark row records which path produced it.
-
-
-class _DequantizedLinearFn:
-    def __init__(self, weight: Any):
-        import torch
-        self.scheme = weight.scheme
-        self.W = torch.from_numpy(weight.dequantize())
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-        from .quant import dequantize_activations, quantize_activations
-        if self.scheme.quantizes_activations and x.shape[0]:
-            x = torch.from_numpy(dequantize_activations(quantize_activations(
-                np.ascontiguousarray(x.numpy(), dtype=np.float32), self.scheme)))
-        return x @ self.W.T
-
-
-class _DequantizedExperts:
-    """Forward of an MxMoEExperts with dense dequantized weights (same routing, online Hadamard, combine)."""
-
-    def __init__(self, module: Any):
-        self.module = module
-        self.blocks = [[_DequantizedLinearFn(module.block(e, b)) for b in ("gate", "up", "down")]
-                       for e in range(module.num_experts)]
-        self.flags = module.down_hadamard.tolist()
-
-    def __call__(self, hidden_states: Any, top_k_index: Any, top_k_weights: Any) -> Any:
-        import torch
-        from .experts import _hadamard_rows
-        module = self.module
-        output = torch.zeros_like(hidden_states)
-        n_tokens, top_k = top_k_index.shape
-        if n_tokens == 0:
-            return output
-        flat_expert = top_k_index.reshape(-1)
-        valid = (flat_expert >= 0) & (flat_expert < module.num_experts)
-        order = torch.argsort(torch.where(valid, flat_expert, module.num_experts), stable=True)[: int(valid.sum())]
-        token_of_pair, slot_of_pair = order // top_k, order % top_k
-        counts = torch.bincount(flat_expert[order], minlength=module.num_experts).tolist()
-        x_routed = hidden_states.detach()[token_of_pair].float()
-        outs, start = [], 0
-        for expert, count in enumerate(counts):
-            if not count:
-                continue
-            x = x_routed[start: start + count]
-            start += count
-            gate, up, down = self.blocks[expert]
-            inner = module.act_fn(gate(x)) * up(x)
-            if self.flags[expert]:
-                inner = torch.from_numpy(_hadamard_rows(inner.numpy(), module.hadamard_seed))
-            outs.append(down(inner))
-        expert_out = torch.cat(outs, dim=0)
-        weighted = expert_out.to(hidden_states.dtype) * top_k_weights[token_of_pair, slot_of_pair, None]
-        output.index_add_(0, token_of_pair, weighted.to(output.dtype))
-        return output
-
-
-class _DequantizedLinear:
-    def __init__(self, module: Any):
-        self.module = module
-        self.fn = _DequantizedLinearFn(module.weight_quantized)
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-        from .experts import _hadamard_rows
-        lead = x.shape[:-1]
-        x2d = x.detach().reshape(-1, self.module.in_features).float()
-        if bool(self.module.input_hadamard) and x2d.shape[0]:
-            x2d = torch.from_numpy(_hadamard_rows(x2d.numpy(), self.module.hadamard_seed))
-        out = self.fn(x2d).to(x.dtype).reshape(*lead, self.module.out_features)
-        return out + self.module.bias if self.module.bias is not None else out
-
-
-@contextlib.contextmanager
-def dequantized_forward(model: Any) -> Iterator[Any]:
-    """Inside the block, every MxMoE module of ``model`` computes with dense dequantized weights (benchmarks on
-    slow CPUs); the packed modules are restored on exit.  Not an inference path: the packed weights stay the model."""
-    from .checkpoint import quantized_modules
-    from .experts import MxMoEExperts
-
-    swapped = []
-    try:
-        for module in quantized_modules(model).values():
-            fast = _DequantizedExperts(module) if isinstance(module, MxMoEExperts) else _DequantizedLinear(module)
-            module.forward = fast  # instance attribute shadows the class forward
-            swapped.append(module)
-        yield model
-    finally:
-        for module in swapped:
-            del module.forward
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,14 +163,20 @@ def _plan_fields(model: Any) -> dict:
     return fields
 
 
-CHECK_WINDOWS = 2  # windows on which each quantized row is also run through the packed C path
+def _report_fields(model: Any) -> dict:
+    report = getattr(model, "mxmoe_report", None)
+    if not report:
+        return {}
+    plan = model.mxmoe_plan
+    return {"n_starved": report["n_starved"],
+            "scheme_histogram": {name: plan.schemes.count(name) for name in sorted(set(plan.schemes))}}
 
 
 def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples: int = 128,
-                       only: list[str] | None = None, model_dir: str | None = None, fast_eval: bool = False) -> int:
+                       only: list[str] | None = None, model_dir: str | None = None) -> int:
     """Every accuracy_configs() row on the mini model: PPL on WikiText-2 test (seq 512), written (atomically,
-    after every row, so a long run can be followed) to ``out_path``.  ``fast_eval`` evaluates through
-    :func:`dequantized_forward` and records, per row, the PPL of the first CHECK_WINDOWS windows by both paths."""
+    after every row, so a long run can be followed) to ``out_path``.  Quantized rows run the packed weights through
+    the C reference GroupGEMM (the CPU inference path)."""
     import sys
     import time
 
@@ -296,20 +203,10 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
         started = time.time()
         model = bench.build(config)
         built = time.time() - started
-        check = {}
-        if fast_eval and config["kind"] != "reference":
-            check["check_ppl_packed"] = round(perplexity(model, bench.tokenizer, test_text, 512, CHECK_WINDOWS,
-                                                         progress=False), 4)
-            with dequantized_forward(model):
-                check["check_ppl_dequantized"] = round(perplexity(model, bench.tokenizer, test_text, 512,
-                                                                  CHECK_WINDOWS, progress=False), 4)
-            built = time.time() - started
-        with dequantized_forward(model) if fast_eval else contextlib.nullcontext():
-            ppl = perplexity(model, bench.tokenizer, test_text, seq_len=512, max_windows=max_windows)
+        ppl = perplexity(model, bench.tokenizer, test_text, seq_len=512, max_windows=max_windows)
         row = {**config, "ppl": round(ppl, 3), "quantize_s": round(built, 1),
                "eval_s": round(time.time() - started - built, 1),
-               "eval_path": "dequantized" if fast_eval and config["kind"] != "reference" else "packed",
-               **check, **_plan_fields(model)}
+               **_plan_fields(model), **_report_fields(model)}
         result["rows"].append(row)
         print(f"{config['name']:<28} ppl {ppl:8.3f}   ({row['quantize_s']:.0f} s quantize, {row['eval_s']:.0f} s eval)",
               flush=True)

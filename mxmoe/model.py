@@ -104,33 +104,22 @@ def model_blocks(layers: Sequence[Any]) -> list[tuple[int, int, str, tuple[int, 
     return out
 
 
-def validate_plan(plan: Any, model: Any, layers: Sequence[Any] | None = None) -> None:
-    """ValueError naming the first mismatch when ``plan`` does not describe ``model``'s expert blocks."""
+def model_signature(model: Any, layers: Sequence[Any] | None = None) -> dict:
+    """The signature a Plan records (model_type, MoE layer count, routed experts, every block with its shape)."""
     from .arch import model_type, moe_layers
     layers = moe_layers(model) if layers is None else layers
-    signature = getattr(plan, "model_type", None)
-    if signature is not None and signature != model_type(model):
-        raise ValueError(f"plan is for model_type {signature!r}, model is {model_type(model)!r}")
-    for attribute, actual in (("num_layers", None), ("num_experts", layers[0].num_experts)):
-        planned = getattr(plan, attribute, None)
-        if planned is not None and actual is not None and int(planned) != int(actual):
-            raise ValueError(f"plan has {attribute}={planned}, model has {actual}")
-    for layer_index, expert, block, shape in model_blocks(layers):
-        try:
-            scheme = plan.scheme_for(layer_index, expert, block)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"plan does not match the model: no scheme for layer {layer_index}, expert {expert}, "
-                             f"block {block!r} ({exc})") from None
-        planned_shape = getattr(plan, "block_shape", None)
-        if callable(planned_shape):
-            try:
-                expected = tuple(planned_shape(layer_index, expert, block))
-            except (KeyError, IndexError, ValueError):
-                expected = shape
-            if expected != tuple(shape):
-                raise ValueError(f"plan does not match the model: layer {layer_index}, expert {expert}, {block} is "
-                                 f"{expected} in the plan and {tuple(shape)} in the model")
-        as_scheme(scheme)
+    return {"model_type": model_type(model), "num_layers": len(layers), "num_experts": layers[0].num_experts,
+            "blocks": [(l, e, b, n, k) for l, e, b, (n, k) in model_blocks(layers)]}
+
+
+def validate_plan(plan: Any, model: Any, layers: Sequence[Any] | None = None) -> None:
+    """ValueError naming the first mismatch when ``plan`` does not describe ``model``'s expert blocks."""
+    if not hasattr(plan, "scheme_for") or not hasattr(plan, "check_signature"):
+        raise TypeError(f"plan must be an mxmoe.Plan, got {type(plan).__name__}")
+    try:
+        plan.check_signature(model_signature(model, layers))
+    except ValueError as exc:
+        raise ValueError(f"plan does not match the model: {exc}") from None
 
 
 def _quantize_block(W: np.ndarray, H: np.ndarray | None, scheme: Any, method: str) -> Any:
@@ -221,9 +210,6 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
                             H = Hd @ H @ Hd.T
                     quantized.append(_quantize_block(np.ascontiguousarray(W, np.float32), H, scheme, method))
                     bar.update(1)
-                if profile is not None and getattr(profile.blocks[profile.block_index(li, expert, "gate")],
-                                                   "starved", False):
-                    starved.setdefault(li, []).append(expert)
                 if expert < layer.num_experts:
                     weights.append(quantized)
                     flags.append(online)
@@ -237,13 +223,16 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
                     setattr(shared, f"{block}_proj", MxMoELinear.from_quantized(
                         qw, linear.bias, input_hadamard=(block == "down" and online), hadamard_seed=seed))
 
+    if profile is not None:
+        starved = {int(layer): list(experts) for layer, experts in profile.coverage().items() if experts}
     model.mxmoe_plan = plan
     model.mxmoe_extra_config = {"rotation": {"rotated": bool(rotate or prerotated), "seed": int(seed)}, "method": method}
     model.mxmoe_report = {"starved_experts": starved,
                           "n_starved": sum(len(v) for v in starved.values()),
-                          "average_bits": getattr(plan, "average_bits", None)}
+                          "fallback": getattr(profile, "fallback", None),
+                          "average_bits": plan.average_bits}
     if starved:
         logger.warning("%d experts got too few calibration tokens and were quantized with the profile's Hessian "
-                       "fallback: %s", model.mxmoe_report["n_starved"],
+                       "fallback (%s): %s", model.mxmoe_report["n_starved"], model.mxmoe_report["fallback"],
                        "; ".join(f"layer {l}: {v}" for l, v in starved.items()))
     return model
