@@ -155,8 +155,8 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
     register()
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    layers = moe_layers(model)  # ValueError naming the supported architectures
     _check_not_quantized(model)
+    layers = moe_layers(model)  # ValueError naming the supported architectures
     _check_device(model)
     blocks = model_blocks(layers)
     if candidates is not None:
