@@ -34,6 +34,8 @@ static int fp8_weights(const mx_scheme *s) { return s->fmt == MX_FMT_FP8_E4M3 &&
 
 /* Target bytes of one tile's weight scratch: about L2-resident next to the activations it meets. */
 #define MX_GEMM_TILE_BYTES (128 * 1024)
+/* Work (multiply-adds, see work_item.cost) below which one more thread does not pay for its wake-up. */
+#define MX_GEMM_MIN_COST_PER_THREAD 1.0e6
 
 // rows of W per tile: a multiple of 4 (the micro-kernel's width), at least 4, at most 64
 static int64_t tile_rows(int64_t K) {
@@ -123,9 +125,10 @@ static enum mx_status prepare_acts(const mx_gemm_problem *p, prepared_acts *a, m
 
 /* ---- weights of one tile, unpacked into the scratch ---- */
 
-// rows [n0, n0 + nt) of the packed weight -> f32 values, int16 (u - z) or exact fp8 values, [nt, K]
+// rows [n0, n0 + nt) of the packed weight -> scratch [nt, K]: f32 values, int16 (u - z) or exact fp8 values
+// (e4m3_table: the f32 value of each of the 256 e4m3 bytes)
 static void unpack_tile(const mx_gemm_problem *p, enum gemm_path path, int64_t n0, int64_t nt, uint8_t *codes,
-                        void *scratch) {
+                        const float *e4m3_table, void *scratch) {
     const mx_scheme *s = &p->scheme;
     const int64_t K = p->K, N = p->N;
     if (s->w_bits == 16) { /* only the f32 path has w16 */
@@ -147,14 +150,17 @@ static void unpack_tile(const mx_gemm_problem *p, enum gemm_path path, int64_t n
             const float scale = mx_f16_to_f32(p->scales[g * N + n]);
             if (path == PATH_F32) {
                 float *out = (float *)scratch + r * K + g * G;
-                for (int64_t k = 0; k < G; k++) out[k] = mx_grid_value(c[k], scale, z, s);
+                if (fp8_weights(s))
+                    for (int64_t k = 0; k < G; k++) out[k] = e4m3_table[c[k]] * scale;
+                else /* the grid's value (u - z) * s, inlined so the loop vectorizes */
+                    for (int64_t k = 0; k < G; k++) out[k] = (float)((int32_t)c[k] - z) * scale;
             } else if (path == PATH_INT) {
                 int16_t *out = (int16_t *)scratch + r * K + g * G;
                 for (int64_t k = 0; k < G; k++) out[k] = (int16_t)((int32_t)c[k] - z);
             } else { /* fp8 activations: e4m3 weights or the integers u - z, both exact in f32 */
                 float *out = (float *)scratch + r * K + g * G;
                 if (fp8_weights(s))
-                    for (int64_t k = 0; k < G; k++) out[k] = mx_e4m3_to_f32(c[k]);
+                    for (int64_t k = 0; k < G; k++) out[k] = e4m3_table[c[k]];
                 else
                     for (int64_t k = 0; k < G; k++) out[k] = (float)((int32_t)c[k] - z);
             }
@@ -190,17 +196,16 @@ static void dot_i16_2x4(const int16_t *restrict x0, const int16_t *restrict x1, 
                         int64_t len, int32_t out[8]) {
     const int16_t *restrict w0 = w[0], *restrict w1 = w[1], *restrict w2 = w[2], *restrict w3 = w[3];
     int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13)
+    /* no omp simd here: integer sums reassociate freely, and the plain loop lets GCC use pmaddwd */
     for (int64_t k = 0; k < len; k++) {
-        const int32_t a = x0[k], b = x1[k];
-        s00 += a * w0[k];
-        s01 += a * w1[k];
-        s02 += a * w2[k];
-        s03 += a * w3[k];
-        s10 += b * w0[k];
-        s11 += b * w1[k];
-        s12 += b * w2[k];
-        s13 += b * w3[k];
+        s00 += x0[k] * w0[k];
+        s01 += x0[k] * w1[k];
+        s02 += x0[k] * w2[k];
+        s03 += x0[k] * w3[k];
+        s10 += x1[k] * w0[k];
+        s11 += x1[k] * w1[k];
+        s12 += x1[k] * w2[k];
+        s13 += x1[k] * w3[k];
     }
     out[0] = s00, out[1] = s01, out[2] = s02, out[3] = s03;
     out[4] = s10, out[5] = s11, out[6] = s12, out[7] = s13;
@@ -338,10 +343,21 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
         }
     }
     qsort(items, (size_t)n_items, sizeof *items, by_cost_desc);
-    const int threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+    /* threads: as asked (or the OpenMP default), but no more than there are tiles or chunks of
+     * MX_GEMM_MIN_COST_PER_THREAD multiply-adds (~0.1 ms): waking a thread costs more than a tiny GEMM */
+    double total_cost = 0.0;
+    int any_quantized_acts = 0;
+    for (int64_t t = 0; t < n_items; t++) total_cost += items[t].cost;
+    for (int64_t i = 0; i < n_problems; i++)
+        any_quantized_acts |= problems[i].M > 0 && problem_path(&problems[i].scheme) != PATH_F32;
+    int threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+    const double useful = ceil(total_cost / MX_GEMM_MIN_COST_PER_THREAD);
+    if ((double)threads > useful) threads = (int)useful;
+    if ((int64_t)threads > n_items) threads = (int)n_items;
+    if (threads < 1) threads = 1;
 
     /* activations, once per problem */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (any_quantized_acts)
     for (int64_t i = 0; i < n_problems; i++) {
         const mx_gemm_problem *p = &problems[i];
         if (p->M == 0 || problem_path(&p->scheme) == PATH_F32) continue;
@@ -354,6 +370,8 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
         }
 
     /* tiles, largest first */
+    float e4m3_table[256]; /* the value of every e4m3 byte: fp8 weights decode through it */
+    for (int v = 0; v < 256; v++) e4m3_table[v] = mx_e4m3_to_f32((uint8_t)v);
     int out_of_memory = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -369,7 +387,7 @@ enum mx_status mx_ref_group_gemm(const mx_gemm_problem *problems, int64_t n_prob
             const work_item *it = &items[t];
             const mx_gemm_problem *p = &problems[it->problem];
             const enum gemm_path path = problem_path(&p->scheme);
-            unpack_tile(p, path, it->n0, it->nt, codes, scratch);
+            unpack_tile(p, path, it->n0, it->nt, codes, e4m3_table, scratch);
             compute_tile(p, &acts[it->problem], path, it->n0, it->nt, scratch);
         }
         free(scratch);

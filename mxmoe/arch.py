@@ -168,33 +168,42 @@ def moe_layers(model: nn.Module) -> list[MoELayerRef]:
     ValueError for unsupported model types (naming the supported ones) or unexpected expert layouts.
     """
     kind = model_type(model)
-    shared_attribute, gate_attribute = _SHARED_ATTRIBUTES[kind]
-    refs: list[MoELayerRef] = []
-    for index, decoder_layer in enumerate(decoder_layers(model)):
-        mlp = getattr(decoder_layer, "mlp", None)
-        experts = getattr(mlp, "experts", None)
-        if experts is None:
-            continue  # a dense layer (DeepSeek's first_k_dense_replace, Qwen's mlp_only_layers)
-        _check_experts_layout(experts, index)
-        router = getattr(mlp, "gate", None)
-        top_k = getattr(router, "top_k", None)
-        if top_k is None:
-            top_k = getattr(model.config, "num_experts_per_tok")
-        shared = getattr(mlp, shared_attribute, None) if shared_attribute else None
-        shared_experts = [shared] if shared is not None else []
-        for module in shared_experts:
-            if not all(isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
-                raise ValueError(f"layer {index}: shared expert {type(module).__name__} lacks gate_proj/up_proj/"
-                                 f"down_proj nn.Linear children")
-            if any(getattr(module, n).bias is not None for n in ("gate_proj", "up_proj", "down_proj")):
-                raise ValueError(f"layer {index}: shared expert linears with bias are not supported")
-        refs.append(MoELayerRef(
-            layer_index=index, decoder_layer=decoder_layer, mlp=mlp, experts=experts,
-            num_experts=int(experts.gate_up_proj.shape[0]), top_k=int(top_k), shared_experts=shared_experts,
-            shared_gate=getattr(mlp, gate_attribute, None) if gate_attribute else None, router=router))
+    refs = [moe_layer_ref(model, index, decoder_layer)
+            for index, decoder_layer in enumerate(decoder_layers(model))
+            if getattr(getattr(decoder_layer, "mlp", None), "experts", None) is not None]
     if not refs:
-        raise ValueError(f"{type(model).__name__} has no MoE layer")
+        raise ValueError(f"{type(model).__name__} ({kind}) has no MoE layer")
     return refs
+
+
+def moe_layer_ref(model: nn.Module, layer_index: int, decoder_layer: nn.Module | None = None) -> MoELayerRef:
+    """The :class:`MoELayerRef` of decoder layer ``layer_index``; pass ``decoder_layer`` to describe a copy of
+    that layer (e.g. a float32 deep copy) with the model's architecture rules.  ValueError for a dense layer."""
+    kind = model_type(model)
+    if decoder_layer is None:
+        decoder_layer = decoder_layers(model)[layer_index]
+    shared_attribute, gate_attribute = _SHARED_ATTRIBUTES[kind]
+    mlp = getattr(decoder_layer, "mlp", None)
+    experts = getattr(mlp, "experts", None)
+    if experts is None:
+        raise ValueError(f"decoder layer {layer_index} is a dense layer, not an MoE layer")
+    _check_experts_layout(experts, layer_index)
+    router = getattr(mlp, "gate", None)
+    top_k = getattr(router, "top_k", None)
+    if top_k is None:
+        top_k = getattr(model.config, "num_experts_per_tok")
+    shared = getattr(mlp, shared_attribute, None) if shared_attribute else None
+    shared_experts = [shared] if shared is not None else []
+    for module in shared_experts:
+        if not all(isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
+            raise ValueError(f"layer {layer_index}: shared expert {type(module).__name__} lacks gate_proj/up_proj/"
+                             f"down_proj nn.Linear children")
+        if any(getattr(module, n).bias is not None for n in ("gate_proj", "up_proj", "down_proj")):
+            raise ValueError(f"layer {layer_index}: shared expert linears with bias are not supported")
+    return MoELayerRef(layer_index=layer_index, decoder_layer=decoder_layer, mlp=mlp, experts=experts,
+                       num_experts=int(experts.gate_up_proj.shape[0]), top_k=int(top_k),
+                       shared_experts=shared_experts,
+                       shared_gate=getattr(mlp, gate_attribute, None) if gate_attribute else None, router=router)
 
 
 def expert_block_weight(layer: MoELayerRef, expert: int, block: str) -> torch.Tensor:

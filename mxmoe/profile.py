@@ -563,6 +563,50 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def first_layer_inputs(model, windows, batch_size: int = 8):
+    """(hidden [n, seq, H] in the embedding dtype, {batch size: keyword arguments of decoder layer 0}).
+
+    Runs the model on ``windows`` [n, seq] in batches and stops each forward at decoder layer 0 (a pre-hook that
+    records its inputs and raises).  The keyword arguments (position embeddings, mask, position ids, ...) are the
+    same for every decoder layer and, with equal-length unpadded windows, depend only on the batch size.
+    """
+    import torch
+
+    layers = _decoder_layers(model)
+    device = next(model.parameters()).device
+    n_windows, window_len = windows.shape
+    hidden = torch.empty(n_windows, window_len, model.config.hidden_size,
+                         dtype=model.get_input_embeddings().weight.dtype, device=device)
+    layer_kwargs: dict[int, dict[str, Any]] = {}
+    position = [0]
+
+    def capture(module, args, kwargs):
+        states = args[0] if args else kwargs["hidden_states"]
+        hidden[position[0]:position[0] + states.shape[0]] = states.detach()
+        if states.shape[0] not in layer_kwargs:
+            layer_kwargs[states.shape[0]] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for start in range(0, n_windows, batch_size):
+                position[0] = start
+                try:
+                    model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return hidden, layer_kwargs
+
+
+def _decoder_layers(model):
+    from . import arch
+
+    return arch.decoder_layers(model)
+
+
 def profile(model, calib, seq_len: int = 512, n_samples: int = 128, tokenizer=None,
             min_tokens: int = DEFAULT_MIN_TOKENS, fallback: str = "pooled", batch_size: int = 8,
             act_sample_rows: int = DEFAULT_ACT_SAMPLE_ROWS, pooled_sample_rows: int = DEFAULT_POOLED_SAMPLE_ROWS,
@@ -587,43 +631,21 @@ def profile(model, calib, seq_len: int = 512, n_samples: int = 128, tokenizer=No
     started = time.perf_counter()
     refs = arch.moe_layers(model)
     layers = arch.decoder_layers(model)
-    device = next(model.parameters()).device
     windows = calibration_windows(calib, seq_len, n_samples, tokenizer, getattr(model.config, "vocab_size", None))
     n_windows, window_len = windows.shape
-    batches = [(s, min(s + batch_size, n_windows)) for s in range(0, n_windows, batch_size)]
 
-    # 1. decoder-layer-0 inputs of every window, and the layer's keyword arguments per batch size
-    hidden = None
-    layer_kwargs: dict[int, dict[str, Any]] = {}
-
-    def capture(module, args, kwargs):
-        states = args[0] if args else kwargs["hidden_states"]
-        hidden[current[0]:current[1]] = states.detach()
-        if states.shape[0] not in layer_kwargs:
-            layer_kwargs[states.shape[0]] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        raise _StopForward
-
-    embed_dtype = model.get_input_embeddings().weight.dtype
-    hidden = torch.empty(n_windows, window_len, model.config.hidden_size, dtype=embed_dtype, device=device)
-    handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for current in batches:
-                try:
-                    model(input_ids=windows[current[0]:current[1]].to(device), use_cache=False)
-                except _StopForward:
-                    pass
-    finally:
-        handle.remove()
-
-    # 2. layer by layer: collect statistics, overwrite `hidden` with the layer's outputs
     by_layer = {ref.layer_index: ref for ref in refs}
     last_moe = refs[-1].layer_index
     results: dict[int, list[_ExpertStats]] = {}
+    batches = [(s, min(s + batch_size, n_windows)) for s in range(0, n_windows, batch_size)]
     bar = tqdm(total=(last_moe + 1) * len(batches), desc="mxmoe profile", unit="batch", disable=not progress)
+    was_training = model.training
+    model.eval()
     try:
+        # 1. decoder-layer-0 inputs of every window, and the layer's keyword arguments per batch size
+        hidden, layer_kwargs = first_layer_inputs(model, windows, batch_size)
+        embed_dtype = hidden.dtype
+        # 2. layer by layer: collect statistics, overwrite `hidden` with the layer's outputs
         with torch.no_grad():
             for index in range(last_moe + 1):
                 ref = by_layer.get(index)
