@@ -231,7 +231,7 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
                           "n_starved": sum(len(v) for v in starved.values()),
                           "fallback": getattr(profile, "fallback", None),
                           "average_bits": plan.average_bits}
-    if starved:
+    if starved and method == "gptq":
         logger.warning("%d experts got too few calibration tokens and were quantized with the profile's Hessian "
                        "fallback (%s): %s", model.mxmoe_report["n_starved"], model.mxmoe_report["fallback"],
                        "; ".join(f"layer {l}: {v}" for l, v in starved.items()))

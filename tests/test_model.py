@@ -199,3 +199,50 @@ def test_perplexity(mini_model, mini_tokenizer):
         perplexity(mini_model, mini_tokenizer, "too short", seq_len=seq_len)
     with pytest.raises(ValueError, match="max_windows"):
         perplexity(mini_model, mini_tokenizer, text, seq_len=seq_len, max_windows=0)
+
+
+def _hand_plan():
+    blocks, schemes = [], []
+    names = ["w4a16_g128_asym", "w2a16_g128_asym", "w8a8_g-1_sym"]
+    for layer in (1, 3):
+        for expert in range(3):  # expert 2 plays the shared expert (num_experts=2)
+            for b, block in enumerate(("gate", "up", "down")):
+                blocks.append((layer, expert, block, 256, 128))
+                schemes.append(names[(layer + expert + b) % 3])
+    return Plan("qwen2_moe", 2, 2, blocks, schemes, names, wbits=4.0, r=0.75,
+                block_loss=[0.1] * len(blocks), block_time=[1e-6] * len(blocks),
+                frontiers={"1": [(1.0, 3e-6), (0.5, 4e-6)], "3": [(2.0, 2e-6)]})
+
+
+def test_plot_plan():
+    from mxmoe.plot import plan_grid, plot_plan
+    from mxmoe import Scheme
+
+    plan = _hand_plan()
+    grid, layers, experts = plan_grid(plan)
+    assert layers == [1, 3] and experts == 3 and grid.shape == (2, 9)
+    for (layer, expert, block, _, k), name in zip(plan.blocks, plan.schemes):
+        column = expert * 3 + ("gate", "up", "down").index(block)
+        assert grid[layers.index(layer), column] == Scheme.parse(name).bits_for(k)
+    fig = plot_plan(plan)
+    image = fig.axes[0].images[0]
+    np.testing.assert_array_equal(np.asarray(image.get_array()), grid)
+
+
+def test_plot_pareto():
+    from mxmoe.plot import plot_pareto
+
+    plan = _hand_plan()
+    fig = plot_pareto(plan, layer=1)
+    frontier_line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(frontier_line.get_xdata(), [3.0, 4.0])
+    np.testing.assert_allclose(frontier_line.get_ydata(), [1.0, 0.5])
+    rows = [{"name": "a", "ppl": 70.0, "predicted_time": 2e-6}, {"name": "b", "ppl": 80.0, "predicted_time": 1e-6},
+            {"name": "bf16", "ppl": 69.0}]
+    fig = plot_pareto(rows)
+    assert len(fig.axes[0].lines) == 2
+    with pytest.raises(ValueError, match="no rows"):
+        plot_pareto([{"name": "bf16", "ppl": 69.0}])
+    uniform = Plan.uniform(plan, "w4a16_g128_asym")
+    with pytest.raises(ValueError, match="no Pareto frontier"):
+        plot_pareto(uniform)
