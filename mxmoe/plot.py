@@ -14,8 +14,13 @@ _BLOCKS = ("gate", "up", "down")
 
 
 def _pyplot() -> Any:
+    """pyplot, on the Agg backend unless pyplot is already in use or MPLBACKEND names one (Jupyter sets
+    MPLBACKEND to its inline backend, so notebooks still show the figures)."""
+    import os
+    import sys
+
     import matplotlib
-    if "matplotlib.pyplot" not in __import__("sys").modules:
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
