@@ -105,8 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .allocate import allocate
-    from .model import calibration_windows
+    from .model import calibration_windows, make_plan
     from .profile import profile
     from .rotate import rotate_model
 
@@ -115,8 +114,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not args.no_rotate:
         rotate_model(model, seed=args.seed)
     prof = profile(model, windows, seq_len=windows.shape[1], n_samples=windows.shape[0])
-    plan = allocate(prof, args.wbits, abits=args.abits, r=args.r, candidates=_candidates(args.candidates),
-                    gpu=args.gpu)
+    plan = make_plan(model, prof, args.wbits, abits=args.abits, r=args.r, candidates=_candidates(args.candidates),
+                     gpu=args.gpu, seed=args.seed)
     print(plan.summary())
     out = Path(args.plan_out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,32 @@ def validate_plan(plan: Any, model: Any, layers: Sequence[Any] | None = None) ->
         raise ValueError(f"plan does not match the model: {exc}") from None
 
 
+def make_plan(model: Any, profile: Any, wbits: float, abits: float | None = None, r: float = 0.75,
+              candidates: Sequence[SchemeLike] | None = None, tokens: int = 512, gpu: str = "h100", seed: int = 0,
+              progress: bool = True, **allocate_kwargs: Any) -> Any:
+    """Loss table (:func:`mxmoe.estimate_loss`, Hessian proxy, on ``model`` as profiled) + :func:`mxmoe.allocate`.
+    Candidates default to the weight-only schemes, or all schemes when ``abits`` is given."""
+    from ._scheme import schemes as all_schemes
+    from .allocate import allocate
+    from .loss import estimate_loss
+
+    pool = [as_scheme(s) for s in candidates] if candidates else \
+        all_schemes(weight_only=True) if abits is None else all_schemes()
+    # a scheme whose group does not divide some block's in_features cannot pack it; keep the ones that fit all
+    in_features = {block.in_features for block in profile.blocks}
+    fitting = [s for s in pool if s.w_bits == 16 or s.group_size == -1 or all(k % s.group_size == 0
+                                                                             for k in in_features)]
+    if not fitting:
+        raise ValueError(f"no candidate scheme fits every block (in_features {sorted(in_features)}): "
+                         f"{[s.name for s in pool]}")
+    pool = fitting
+    loss = allocate_kwargs.pop("loss", None)
+    if loss is None:
+        loss = estimate_loss(profile, pool, model=model, progress=progress)
+    return allocate(profile, wbits, abits=abits, r=r, candidates=pool, tokens=tokens, gpu=gpu, loss=loss, seed=seed,
+                    **allocate_kwargs)
+
+
 def _quantize_block(W: np.ndarray, H: np.ndarray | None, scheme: Any, method: str) -> Any:
     if method == "gptq":
         from .gptq import gptq
@@ -183,9 +209,8 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
         from .profile import profile as run_profile
         profile = run_profile(model, windows, seq_len=windows.shape[1], n_samples=windows.shape[0])
     if plan is None:
-        from .allocate import allocate
-        plan = allocate(profile, wbits, abits=abits, r=r, candidates=candidates, tokens=tokens, gpu=gpu,
-                        **allocate_kwargs)
+        plan = make_plan(model, profile, wbits, abits=abits, r=r, candidates=candidates, tokens=tokens, gpu=gpu,
+                         seed=seed, progress=progress, **allocate_kwargs)
 
     starved: dict[int, list[int]] = {}
     total_blocks = len(blocks)
