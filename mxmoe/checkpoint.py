@@ -26,7 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from .hf_quantizer import register as _hf_register
+
 FORMAT_VERSION = 1
+
+_hf_register()  # transformers is needed by everything here anyway: make from_pretrained know "mxmoe"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 

@@ -2,10 +2,10 @@
 
 :func:`register` adds ``quant_method: "mxmoe"`` to transformers' quantization registries
 (``register_quantization_config`` + ``register_quantizer``).  It is idempotent and imports transformers, so it is
-*not* run by ``import mxmoe`` (which must stay cheap); it runs on first use of mxmoe.model / mxmoe.checkpoint
-(``mxmoe.quantize``, ``save_quantized``, ``load_quantized``), and a user who only wants ``from_pretrained`` calls
-``mxmoe.hf_quantizer.register()`` once (or the hook ``mxmoe.__init__`` calls when transformers is already
-imported).
+*not* run by ``import mxmoe`` (which must stay cheap); it runs when mxmoe.model / mxmoe.checkpoint are imported
+(``mxmoe.quantize``, ``save_quantized``, ``load_quantized``).  :func:`install_import_hook` is the cheap hook for
+``mxmoe/__init__.py``: it registers at once if transformers' quantizer registry is already imported, else installs
+a one-shot import hook that registers right after transformers loads it.
 
 The quantizer's job at load time: before the weights load, swap the modules listed in
 ``quantization_config["modules"]`` for empty :class:`~mxmoe.MxMoEExperts` / ``MxMoELinear`` of the recorded layout
@@ -17,6 +17,44 @@ from __future__ import annotations
 from typing import Any
 
 _REGISTERED = False
+_WATCHED_MODULE = "transformers.quantizers.auto"
+
+
+class _RegisterOnImport:
+    """A one-shot sys.meta_path finder: when transformers' quantizer registry is imported, register mxmoe's
+    quantizer right after it loads.  Installed by :func:`install_import_hook`; finds nothing itself."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _WATCHED_MODULE:
+            return None
+        import importlib.machinery
+        import sys
+        sys.meta_path.remove(self)  # let the normal finders locate the real module
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        original_exec = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            original_exec(module)
+            try:
+                register()
+            except Exception:  # never break importing transformers; quantize()/load paths register again
+                pass
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def install_import_hook() -> None:
+    """Cheap (no transformers import): make ``AutoModelForCausalLM.from_pretrained`` understand mxmoe checkpoints
+    whether transformers is imported before or after mxmoe.  Meant for ``mxmoe/__init__.py``."""
+    import sys
+    if _REGISTERED:
+        return
+    if _WATCHED_MODULE in sys.modules:
+        register()
+    elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())
 
 
 def register() -> None:

@@ -23,11 +23,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .hf_quantizer import register as _hf_register
+
 from ._scheme import SchemeLike, as_scheme
 
 logger = logging.getLogger("mxmoe")
 
 METHODS = ("gptq", "rtn")
+
+_hf_register()  # quantized models must reload through AutoModelForCausalLM.from_pretrained
 
 
 def calibration_windows(calib: Any, tokenizer: Any = None, seq_len: int = 512, n_samples: int = 128,

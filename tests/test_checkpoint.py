@@ -194,3 +194,19 @@ def test_load_quantized_bad_config(saved, tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="format version"):
         load_quantized(path)
+
+
+def test_install_import_hook(saved):
+    """The cheap hook for `import mxmoe`: transformers imported afterwards knows quant_method "mxmoe"."""
+    import subprocess
+    import sys
+    code = ("import sys, mxmoe.hf_quantizer as h; h.install_import_hook(); "
+            "assert 'transformers' not in sys.modules; "
+            "from transformers import AutoModelForCausalLM; "
+            f"m = AutoModelForCausalLM.from_pretrained({str(saved[1])!r}); "
+            "print(type(m.model.layers[0].mlp.experts).__name__)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                            env={**os.environ, "PYTHONPATH": root})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("MxMoEExperts")
