@@ -213,7 +213,9 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
               "calibration": f"{bench.windows.shape[0]} x 512 tokens of data/wikitext-2/valid.txt",
               "reference_points_design_md": {"fp32": 68.99, "rtn w4": 69.43, "gptq w4": 69.79, "rtn w3": 72.08,
                                              "gptq w3": 71.99, "rtn w2": 105.89, "gptq w2": 98.21},
-              "rows": []}
+              "rows": [],
+              "notes": ([f"PPL over the first {max_windows} of the 706 test windows (CPU time budget): compare rows "
+                         "with each other, not with the full-set reference points"] if max_windows else [])}
     if previous is not None:  # --only: keep the other rows of the existing file, replace the named ones
         result["rows"] = [r for r in previous.get("rows", []) if r["name"] not in only]
     canonical = [c["name"] for c in accuracy_configs()]

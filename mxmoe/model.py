@@ -172,7 +172,8 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
     ``abits=None`` keeps activations 16-bit (weight-only candidates); ``candidates`` restricts the schemes (one
     candidate = uniform quantization); ``plan`` skips profiling-driven allocation (the profile is still needed for
     GPTQ's Hessians unless ``method="rtn"``); ``profile`` reuses a :class:`mxmoe.Profile` of the *rotated* model.
-    Extra keyword arguments go to :func:`mxmoe.allocate`.
+    Extra keyword arguments go to :func:`mxmoe.allocate`.  Load the model in float32: the rotation is folded into
+    the non-expert weights in their own dtype (bf16 storage would round every rotated weight once more).
     """
     import torch
     from tqdm.auto import tqdm
