@@ -50,8 +50,9 @@ enum mx_status route_check_launch(const char *stage, mx_error *err) {
 
 bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-constexpr int kRouteTile = 256;        // (token, slot) pairs per block of the routing kernels
-constexpr int kRouteWarps = kRouteTile / 32;
+constexpr int kRouteTile = 1024;       // (token, slot) pairs per tile (block) of the routing kernels
+constexpr int kRouteThreads = 256;     // threads per routing block: a tile takes kRouteTile / kRouteThreads rounds
+constexpr int kRouteWarps = kRouteThreads / 32;
 constexpr int kRowThreads = 256;       // threads per row of the gather / act-mul / combine kernels
 constexpr int kChunk = 8;              // bf16 values per 16-byte access
 
@@ -190,37 +191,56 @@ __host__ __device__ __forceinline__ int formats_of(const mx_cuda_act_buffers &ou
 // Routing kernels
 // ---------------------------------------------------------------------------------------------------------------
 
-// Stage 1. tile_counts [n_tiles, E]: how many pairs of each tile go to each expert.
-__global__ void route_count_kernel(const int64_t *__restrict__ top_k_index, int64_t n_pairs, int n_experts,
-                                   int32_t *__restrict__ tile_counts) {
+// Stage 1. tile_counts [n_tiles, E]: how many pairs of each tile (kRouteTile consecutive pairs) go to each expert.
+__global__ void __launch_bounds__(kRouteThreads) route_count_kernel(const int64_t *__restrict__ top_k_index,
+                                                                    int64_t n_pairs, int n_experts,
+                                                                    int32_t *__restrict__ tile_counts) {
     extern __shared__ int32_t counts[]; // [E]
     for (int e = threadIdx.x; e < n_experts; e += blockDim.x) counts[e] = 0;
     __syncthreads();
-    const int64_t p = int64_t(blockIdx.x) * kRouteTile + threadIdx.x;
-    if (p < n_pairs) {
+    for (int i = threadIdx.x; i < kRouteTile; i += blockDim.x) {
+        const int64_t p = int64_t(blockIdx.x) * kRouteTile + i;
+        if (p >= n_pairs) break;
         const int64_t e = top_k_index[p];
         if (e >= 0 && e < n_experts) atomicAdd(&counts[e], 1); // counts only: order-free, deterministic
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) tile_counts[int64_t(blockIdx.x) * n_experts + e] = counts[e];
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x)
+        tile_counts[int64_t(blockIdx.x) * n_experts + e] = counts[e];
+}
+
+// Sum of tile_counts[0 .. n_tiles, e] with kScanUnroll loads in flight (the loop is latency-bound otherwise);
+// with `base` non-NULL also writes the running (exclusive) sum, offset by `start`, to base[tile, e].
+constexpr int kScanUnroll = 8;
+__device__ __forceinline__ int32_t scan_tiles(const int32_t *__restrict__ tile_counts, int64_t n_tiles, int n_experts,
+                                              int e, int32_t start, int32_t *__restrict__ base) {
+    int32_t running = start;
+    for (int64_t tile0 = 0; tile0 < n_tiles; tile0 += kScanUnroll) {
+        int32_t c[kScanUnroll];
+#pragma unroll
+        for (int j = 0; j < kScanUnroll; ++j)
+            c[j] = tile0 + j < n_tiles ? tile_counts[(tile0 + j) * n_experts + e] : 0;
+#pragma unroll
+        for (int j = 0; j < kScanUnroll; ++j) {
+            if (base && tile0 + j < n_tiles) base[(tile0 + j) * n_experts + e] = running;
+            running += c[j];
+        }
+    }
+    return running;
 }
 
 // Stage 2 (one block of 1024 threads). row_offsets [E + S + 1] and tile_base [n_tiles, E] = first row of each
-// (tile, expert) run.  Each thread owns one expert (E <= 1024): a serial pass over the tiles, then a block scan.
-__global__ void route_scan_kernel(const int32_t *__restrict__ tile_counts, int64_t n_tiles, int n_experts,
-                                  int n_shared, int64_t T, int64_t n_pairs, int32_t *__restrict__ tile_base,
-                                  int32_t *__restrict__ row_offsets, int32_t *__restrict__ dropped) {
+// (tile, expert) run.  Thread e owns expert e (E <= 1024): total over tiles, block scan over experts, then a
+// second pass writing each tile's base.
+__global__ void __launch_bounds__(1024) route_scan_kernel(const int32_t *__restrict__ tile_counts, int64_t n_tiles,
+                                                          int n_experts, int n_shared, int64_t T, int64_t n_pairs,
+                                                          int32_t *__restrict__ tile_base,
+                                                          int32_t *__restrict__ row_offsets,
+                                                          int32_t *__restrict__ dropped) {
     __shared__ int32_t warp_sums[32];
     const int e = threadIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    int32_t total = 0;
-    if (e < n_experts) {
-        for (int64_t tile = 0; tile < n_tiles; ++tile) {
-            const int32_t c = tile_counts[tile * n_experts + e];
-            tile_base[tile * n_experts + e] = total;
-            total += c;
-        }
-    }
-    // inclusive scan of `total` over threads
+    const int32_t total = e < n_experts ? scan_tiles(tile_counts, n_tiles, n_experts, e, 0, nullptr) : 0;
+    // inclusive scan of `total` over threads: within warps, then over the warp sums
     int32_t incl = total;
 #pragma unroll
     for (int offset = 1; offset < 32; offset <<= 1) {
@@ -242,7 +262,7 @@ __global__ void route_scan_kernel(const int32_t *__restrict__ tile_counts, int64
     const int32_t exclusive = incl - total + (warp > 0 ? warp_sums[warp - 1] : 0);
     if (e < n_experts) {
         row_offsets[e] = exclusive;
-        for (int64_t tile = 0; tile < n_tiles; ++tile) tile_base[tile * n_experts + e] += exclusive;
+        scan_tiles(tile_counts, n_tiles, n_experts, e, exclusive, tile_base);
     }
     if (threadIdx.x == blockDim.x - 1) {
         const int32_t n_valid = exclusive + total; // the last thread's inclusive sum = all valid pairs
@@ -251,41 +271,61 @@ __global__ void route_scan_kernel(const int32_t *__restrict__ tile_counts, int64
     }
 }
 
-// Stage 3. Blocks [0, n_tiles): position of each pair = tile_base[tile, e] + rank of the pair among the tile's
-// earlier pairs of expert e (lanes of its warp through __match_any_sync, earlier warps through per-warp counts).
+// Stage 3. Blocks [0, n_tiles): the tile's pairs in kRouteTile / kRouteThreads rounds of kRouteThreads pairs; the
+// position of a pair = tile_base[tile, e] + pairs of e in earlier rounds (running[e]) + in earlier warps of this
+// round (warp_counts) + in earlier lanes of its warp (__match_any_sync).  So positions follow pair order: stable.
 // Blocks [n_tiles, ...): rows after the routed ones: shared groups (token t of group j) and dropped pairs (-1).
-__global__ void route_permute_kernel(const int64_t *__restrict__ top_k_index, int64_t n_pairs, int k,
-                                     int n_experts, int n_shared, int64_t T, int64_t n_tiles,
-                                     const int32_t *__restrict__ tile_base, const int32_t *__restrict__ row_offsets,
-                                     int32_t *__restrict__ perm_token, int32_t *__restrict__ inv_perm) {
+__global__ void __launch_bounds__(kRouteThreads) route_permute_kernel(
+    const int64_t *__restrict__ top_k_index, int64_t n_pairs, int k, int n_experts, int n_shared, int64_t T,
+    int64_t n_tiles, const int32_t *__restrict__ tile_base, const int32_t *__restrict__ row_offsets,
+    int32_t *__restrict__ perm_token, int32_t *__restrict__ inv_perm) {
     if (blockIdx.x >= n_tiles) {
-        const int64_t o = (int64_t(blockIdx.x) - n_tiles) * kRouteTile + threadIdx.x;
+        const int64_t o = (int64_t(blockIdx.x) - n_tiles) * kRouteThreads + threadIdx.x;
         const int64_t n_valid = row_offsets[n_experts];
         const int64_t tail = n_pairs - n_valid + int64_t(n_shared) * T; // rows after the routed ones
         if (o < tail) perm_token[n_valid + o] = o < int64_t(n_shared) * T ? int32_t(o % T) : -1;
         return;
     }
-    extern __shared__ int32_t warp_counts[]; // [kRouteWarps, E]
-    for (int i = threadIdx.x; i < kRouteWarps * n_experts; i += blockDim.x) warp_counts[i] = 0;
+    extern __shared__ int32_t route_smem[];
+    int32_t *running = route_smem;                 // [E]
+    int32_t *warp_counts = route_smem + n_experts; // [kRouteWarps, E]
+    for (int i = threadIdx.x; i < (kRouteWarps + 1) * n_experts; i += blockDim.x) route_smem[i] = 0;
     __syncthreads();
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int64_t p = int64_t(blockIdx.x) * kRouteTile + threadIdx.x;
-    int key = -2; // -2: past the end, -1: out-of-range expert, else the expert
-    if (p < n_pairs) {
-        const int64_t e = top_k_index[p];
-        key = (e >= 0 && e < n_experts) ? int(e) : -1;
-    }
-    const unsigned same = __match_any_sync(0xffffffffu, key);
-    int rank = __popc(same & ((1u << lane) - 1u));
-    if (key >= 0 && rank == 0) warp_counts[warp * n_experts + key] = __popc(same);
-    __syncthreads();
-    if (key >= 0) {
-        for (int w = 0; w < warp; ++w) rank += warp_counts[w * n_experts + key];
-        const int32_t pos = tile_base[int64_t(blockIdx.x) * n_experts + key] + rank;
-        perm_token[pos] = int32_t(p / k);
-        inv_perm[p] = pos;
-    } else if (key == -1) {
-        inv_perm[p] = -1;
+    const int32_t *base = tile_base + int64_t(blockIdx.x) * n_experts;
+    for (int round = 0; round < kRouteTile / kRouteThreads; ++round) {
+        const int64_t first = int64_t(blockIdx.x) * kRouteTile + int64_t(round) * kRouteThreads;
+        if (first >= n_pairs) break; // uniform over the block
+        const int64_t p = first + threadIdx.x;
+        int key = -2; // -2: past the end, -1: out-of-range expert, else the expert
+        if (p < n_pairs) {
+            const int64_t e = top_k_index[p];
+            key = (e >= 0 && e < n_experts) ? int(e) : -1;
+        }
+        const unsigned same = __match_any_sync(0xffffffffu, key);
+        const int lane_rank = __popc(same & ((1u << lane) - 1u));
+        if (key >= 0 && lane_rank == 0) warp_counts[warp * n_experts + key] = __popc(same);
+        __syncthreads();
+        if (key >= 0) {
+            int32_t rank = running[key] + lane_rank;
+            for (int w = 0; w < warp; ++w) rank += warp_counts[w * n_experts + key];
+            const int32_t pos = base[key] + rank;
+            perm_token[pos] = int32_t(p / k);
+            inv_perm[p] = pos;
+        } else if (key == -1) {
+            inv_perm[p] = -1;
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
+            int32_t add = 0;
+#pragma unroll
+            for (int w = 0; w < kRouteWarps; ++w) {
+                add += warp_counts[w * n_experts + e];
+                warp_counts[w * n_experts + e] = 0;
+            }
+            running[e] += add;
+        }
+        __syncthreads();
     }
 }
 
@@ -557,14 +597,15 @@ extern "C" enum mx_status mx_cuda_route(const int64_t *d_top_k_index, int64_t T,
     int32_t *tile_counts = static_cast<int32_t *>(d_workspace);
     int32_t *tile_base = reinterpret_cast<int32_t *>(static_cast<char *>(d_workspace) +
                                                      align_up(size_t(n_tiles) * n_experts * sizeof(int32_t)));
-    route_count_kernel<<<unsigned(n_tiles), kRouteTile, n_experts * sizeof(int32_t), s>>>(d_top_k_index, n_pairs,
-                                                                                          n_experts, tile_counts);
+    route_count_kernel<<<unsigned(n_tiles), kRouteThreads, n_experts * sizeof(int32_t), s>>>(d_top_k_index, n_pairs,
+                                                                                             n_experts, tile_counts);
     route_scan_kernel<<<1, 1024, 0, s>>>(tile_counts, n_tiles, n_experts, n_shared, T, n_pairs, tile_base,
                                          d_row_offsets, d_dropped);
-    const int64_t tail_blocks = (n_pairs + int64_t(n_shared) * T + kRouteTile - 1) / kRouteTile;
-    route_permute_kernel<<<unsigned(n_tiles + tail_blocks), kRouteTile, kRouteWarps * n_experts * sizeof(int32_t),
-                           s>>>(d_top_k_index, n_pairs, k, n_experts, n_shared, T, n_tiles, tile_base,
-                                d_row_offsets, d_perm_token, d_inv_perm);
+    const int64_t tail_blocks = (n_pairs + int64_t(n_shared) * T + kRouteThreads - 1) / kRouteThreads;
+    route_permute_kernel<<<unsigned(n_tiles + tail_blocks), kRouteThreads,
+                           (kRouteWarps + 1) * n_experts * sizeof(int32_t), s>>>(
+        d_top_k_index, n_pairs, k, n_experts, n_shared, T, n_tiles, tile_base, d_row_offsets, d_perm_token,
+        d_inv_perm);
     return route_check_launch("mx_cuda_route", err);
 }
 
@@ -629,10 +670,13 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
     switch (vpt_for(I)) {
 #define MX_ACT_CASE(V)                                                                                            \
     case V:                                                                                                       \
-        if (smem > 48 * 1024 &&                                                                                   \
-            cudaFuncSetAttribute(act_mul_quant_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) \
-                != cudaSuccess)                                                                                   \
-            return route_check_launch(fn, err);                                                                   \
+        if (smem > 48 * 1024) { /* the Hadamard row of I > 12k floats: opt in to more shared memory */           \
+            const cudaError_t code = cudaFuncSetAttribute(act_mul_quant_kernel<V>,                                \
+                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));\
+            if (code != cudaSuccess)                                                                              \
+                return route_error(err, MX_ERR_CUDA, "%s: %zu bytes of shared memory for the Hadamard of I=%lld: %s",\
+                                   fn, smem, (long long)I, cudaGetErrorString(code));                             \
+        }                                                                                                         \
         act_mul_quant_kernel<V><<<grid, kRowThreads, smem, s>>>(d_gate_up, ld_gate_up, I, d_row_offsets,         \
                                                                 n_groups, d_group_formats, had, hadamard != 0,   \
                                                                 *out);                                           \

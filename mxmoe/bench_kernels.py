@@ -40,6 +40,8 @@ MIXED_PLANS = {
     "prefill-w8a8-w4a8": (("w8a8_g-1_sym", 0.5), ("w4a8_g128_asym", 0.5)),
 }
 DECODE_MAX_TOKENS = 256  # the decode plan up to here, the prefill plan above
+# Token counts of the per-block kernel profile (CostModel's kernel_profile "entries").
+PROFILE_TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 ZIPF_EXPONENT = 1.1
 
 
@@ -262,10 +264,10 @@ class TorchLayer:
         offs = torch.cumsum(torch.histc(ids.int(), bins=self.E, min=0, max=self.E - 1), 0, dtype=torch.int32)
         gu = self._mm(x, "gate_up", offs)
         h = torch.nn.functional.silu(gu[:, :self.I]) * gu[:, self.I:]
-        y = self._mm(h, "down", offs) * w.reshape(-1)[perm].unsqueeze(-1).to(torch.bfloat16)
+        y = self._mm(h, "down", offs) * w.reshape(-1)[perm].unsqueeze(-1)  # f32 weights promote, as transformers
         inv = torch.empty_like(perm)
         inv[perm] = torch.arange(perm.numel(), device=perm.device)
-        out = y[inv].view(T, self.k, self.H).sum(dim=1)
+        out = y[inv].view(T, self.k, self.H).sum(dim=1).to(hidden.dtype)
         for j in range(len(self.shared)):
             gu_s = self._dense(hidden, j, 0)
             I_s = gu_s.shape[1] // 2
@@ -360,7 +362,7 @@ def run(args: argparse.Namespace) -> dict:
                 variants.append((f"mxmoe_{name}", name, (lambda e, b, n=name: n), False, None))
         plans_needed = sorted({("decode-3.25bit" if t <= DECODE_MAX_TOKENS else "prefill-w8a8-w4a8")
                                for t in args.tokens})
-        for variant in variants + [(p, p, mixed_assign(p, E + len(shared), args.seed), True, p)
+        for variant in variants + [(p, p, mixed_assign(p, E, args.seed), True, p)
                                    for p in plans_needed if "mixed" in args.impls]:
             label, scheme_or_plan, assign, mixed, plan = variant
             try:
@@ -394,6 +396,7 @@ def run(args: argparse.Namespace) -> dict:
             del layer
             torch.cuda.empty_cache()
 
+    entries = kernel_profile(args, flush) if "profile" in args.impls else []
     summary = geometric_means(records)
     for impl, scope, g, n in summary:
         print(f"# geomean speedup vs torch bf16 grouped_mm, {scope:5s} {impl:32s} x{g:.2f} over {n} configs")
@@ -402,7 +405,45 @@ def run(args: argparse.Namespace) -> dict:
             "roofline": {"copy_tb_s": roof.copy_tb_s, "bf16_tflops": roof.bf16_tflops},
             "geomean_speedup_vs_bf16": [{"impl": i, "scope": s, "geomean": g, "configs": n}
                                         for i, s, g, n in summary],
-            "records": records}
+            "records": records,
+            "entries": entries}
+
+
+def kernel_profile(args: argparse.Namespace, flush: Any) -> list[dict]:
+    """Per (scheme, n, k, m): µs of one block alone inside the fused kernel (the allocator's CostModel reads these
+    "entries").  One expert, top-1, m tokens: the gate|up launch holds two [I, H] blocks (half its time each), the
+    down launch one [H, I] block."""
+    torch = _torch()
+    from ._scheme import as_scheme
+
+    entries: list[dict] = []
+    shapes = sorted({(MODEL_SHAPES[m][2], MODEL_SHAPES[m][3]) for m in args.models})
+    for H, I in shapes:
+        for scheme in args.schemes:
+            name = as_scheme(scheme).name
+            try:
+                layer = build_layer((1, 1, H, I, (), False, "float32"), lambda e, b: name, args.seed)
+            except Exception as exc:
+                print(f"# profile {name} H={H} I={I}: cannot build ({type(exc).__name__}: {exc})")
+                continue
+            for m in PROFILE_TOKENS:
+                hidden = torch.randn(m, H, device="cuda").to(torch.bfloat16)
+                idx = torch.zeros(m, 1, dtype=torch.int64, device="cuda")
+                w = torch.ones(m, 1, device="cuda")
+                try:
+                    layer(hidden, idx, w)
+                    gu, _ = time_us(lambda: layer.gemm_only(m, stage="gate_up"), flush, args.reps)
+                    dn, _ = time_us(lambda: layer.gemm_only(m, stage="down"), flush, args.reps)
+                except Exception as exc:
+                    print(f"# profile {name} H={H} I={I} m={m}: failed ({type(exc).__name__}: {exc})")
+                    continue
+                entries.append({"scheme": name, "n": I, "k": H, "m": m, "us": round(gu / 2, 3)})
+                entries.append({"scheme": name, "n": H, "k": I, "m": m, "us": round(dn, 3)})
+                print(f"# profile {name:18s} m={m:5d}  [{I}x{H}] {gu / 2:9.1f} us  [{H}x{I}] {dn:9.1f} us",
+                      flush=True)
+            del layer
+            torch.cuda.empty_cache()
+    return entries
 
 
 def geometric_means(records: Sequence[dict]) -> list[tuple[str, str, float, int]]:
@@ -414,6 +455,15 @@ def geometric_means(records: Sequence[dict]) -> list[tuple[str, str, float, int]
             groups.setdefault((r["impl"], r["scope"]), []).append(float(s))
     return [(impl, scope, math.exp(sum(map(math.log, v)) / len(v)), len(v))
             for (impl, scope), v in sorted(groups.items())]
+
+
+def gpu_tag(gpu_name: str) -> str:
+    """Short file tag of a GPU name: "NVIDIA H100 80GB HBM3" -> "h100"; unknown names are slugged."""
+    lower = gpu_name.lower()
+    for tag in ("h200", "h100", "a100", "4090", "l40"):
+        if tag in lower:
+            return "rtx4090" if tag == "4090" else tag
+    return "".join(c if c.isalnum() else "-" for c in lower).strip("-") or "gpu"
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
@@ -429,9 +479,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(MODEL_SHAPES), choices=list(MODEL_SHAPES))
     p.add_argument("--tokens", nargs="+", type=int, default=list(DEFAULT_TOKENS))
     p.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES), help="uniform schemes to time")
-    p.add_argument("--impls", nargs="+", default=["torch_fp8_grouped_mm", "uniform", "mixed"],
-                   choices=["torch_fp8_grouped_mm", "uniform", "mixed"],
-                   help="what to time besides the torch bf16 baseline (always timed: ratios are against it)")
+    p.add_argument("--impls", nargs="+", default=["torch_fp8_grouped_mm", "uniform", "mixed", "profile"],
+                   choices=["torch_fp8_grouped_mm", "uniform", "mixed", "profile"],
+                   help="what to time besides the torch bf16 baseline (always timed: ratios are against it); "
+                        "profile = the per-block kernel profile the allocator's cost model reads")
     p.add_argument("--scopes", nargs="+", default=["layer", "gemm"], choices=["layer", "gemm"])
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
@@ -448,8 +499,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     payload = run(args)
-    out = args.out or os.path.join("bench", "results",
-                                   f"kernels-{payload['gpu'].lower().replace(' ', '-')}.json")
+    out = args.out or os.path.join("bench", "results", f"kernels-{gpu_tag(payload['gpu'])}.json")
     write_json_atomic(out, payload)
     print(f"# wrote {len(payload['records'])} records to {out}")
     return 0

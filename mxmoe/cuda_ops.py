@@ -32,7 +32,7 @@ import numpy as np
 
 from ._scheme import Scheme, as_scheme, scheme_id
 
-__all__ = ["MoELayerCUDA", "PackedBlock", "act_format", "check_forward_inputs", "split_intermediate",
+__all__ = ["MoELayerCUDA", "PackedBlock", "act_format", "check_forward_inputs", "hadamard_factors", "split_intermediate",
            "workspace_layout", "ACT_BF16", "ACT_INT8", "ACT_FP8", "ACT_INT4", "ACT_FORMAT_NAMES"]
 
 # enum mx_cuda_act_format (cuda/mx_cuda.h)
@@ -121,6 +121,49 @@ def split_intermediate(gate: PackedBlock, up: PackedBlock, down: PackedBlock,
                          f"experts' intermediate size {width} (not a multiple)")
     return [(gate.rows(c, c + width), up.rows(c, c + width), down.columns(c, c + width))
             for c in range(0, inter, width)]
+
+
+def _fwht(x: np.ndarray) -> np.ndarray:
+    """Unnormalized Sylvester Walsh-Hadamard transform along the last axis (length a power of two)."""
+    y = np.array(x, dtype=np.float64, copy=True)
+    n = y.shape[-1]
+    h = 1
+    while h < n:
+        v = y.reshape(*y.shape[:-1], n // (2 * h), 2, h)
+        a, b = v[..., 0, :].copy(), v[..., 1, :].copy()
+        v[..., 0, :], v[..., 1, :] = a + b, a - b
+        h *= 2
+    return y
+
+
+def kron_hadamard(x: np.ndarray, signs: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """What the device computes (cuda/route.cuh): (B_m ⊗ H_{2^p}) · diag(signs) · x / √n along the last axis."""
+    n, m = x.shape[-1], base.shape[0]
+    z = _fwht((np.asarray(x, np.float64) * signs).reshape(*x.shape[:-1], m, n // m))
+    return (np.asarray(base, np.float64) @ z).reshape(x.shape) / np.sqrt(n)
+
+
+def hadamard_factors(n: int, seed: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(signs f32 [n], base f32 [m, m]) of mxmoe.hadamard_transform(·, seed=seed) for the device kernel: that
+    transform is H_n·D with H_n = (H_m ⊗ H_{2^k}) / √n, so D is hadamard_signs(n, seed) and column a of H_m is
+    read off the transform of the unit vector e_{a·2^k} (H_{2^k}'s first column is all ones).  The factors are
+    checked against hadamard_transform on random vectors; ValueError if the definitions ever diverge."""
+    from . import hadamard  # the gptq helper's module: the one definition of the rotation
+
+    m = int(hadamard.hadamard_base_order(n))
+    p = n // m
+    signs = (np.ones(n) if seed is None else hadamard.hadamard_signs(n, seed)).astype(np.float32)
+    units = np.zeros((m, n), np.float64)
+    units[np.arange(m), np.arange(m) * p] = 1.0
+    columns = hadamard.hadamard_transform(units, seed=seed)  # row a = H_n D e_{a p} = d_{a p} (H_m[:, a] ⊗ 1) / √n
+    base = (columns[:, ::p].T * np.sqrt(n) * signs[np.arange(m) * p][None, :]).round()
+    if not np.array_equal(np.abs(base), np.ones((m, m))):
+        raise ValueError(f"mxmoe.hadamard_transform of size {n} is not (H_m ⊗ H_2^k)·D as expected")
+    probe = np.random.default_rng(0).standard_normal((4, n))
+    err = np.abs(kron_hadamard(probe, signs, base) - hadamard.hadamard_transform(probe, seed=seed)).max()
+    if err > 1e-9 * np.sqrt(n):
+        raise ValueError(f"Hadamard factors of size {n} do not reproduce mxmoe.hadamard_transform (max error {err})")
+    return signs, base.astype(np.float32)
 
 
 def workspace_layout(tokens: int, top_k: int, n_experts: int, n_shared_groups: int, hidden: int,
@@ -213,6 +256,25 @@ def _cuda_module():
     return _cuda
 
 
+def _check_hadamard(down_hadamard: tuple[np.ndarray, np.ndarray], I: int, chunked_shared: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (signs [I] ±1, base [m, m] ±1 Hadamard, I = m·2^p, m <= 64) on the host; f32 copies."""
+    if chunked_shared:
+        raise ValueError("down_hadamard with a shared expert wider than the routed ones is not supported: the "
+                         "online transform is over each I-wide chunk, the offline rotation over the whole row")
+    signs = np.asarray(down_hadamard[0], np.float32)
+    base = np.atleast_2d(np.asarray(down_hadamard[1], np.float32))
+    m = base.shape[0]
+    if signs.shape != (I,) or not np.all(np.abs(signs) == 1):
+        raise ValueError(f"down_hadamard signs must be ±1 of shape ({I},), got {signs.shape}")
+    if base.shape != (m, m) or not np.all(np.abs(base) == 1) or I % m or (I // m) & (I // m - 1) or m > 64:
+        raise ValueError(f"down_hadamard base must be an m x m ±1 matrix with I={I} = m·2^p and m <= 64, "
+                         f"got {base.shape}")
+    if not np.array_equal(base @ base.T, m * np.eye(m, dtype=np.float32)):
+        raise ValueError(f"down_hadamard base ({m}x{m}) is not a Hadamard matrix (B·Bᵀ != m·I)")
+    return signs, base
+
+
 class MoELayerCUDA:
     """One MoE layer of packed experts on a CUDA device (see the module docstring)."""
 
@@ -226,6 +288,9 @@ class MoELayerCUDA:
         import torch
 
         groups = self._plan(experts, top_k, shared_experts)  # host-only checks first: no GPU needed to fail them
+        if down_hadamard is not None:
+            down_hadamard = _check_hadamard(down_hadamard, self.intermediate_size,
+                                            self.n_shared_groups != self.n_shared_experts)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"device must be a CUDA device, got {self.device}")
@@ -334,16 +399,8 @@ class MoELayerCUDA:
         self._down_tables = self._tables(down)
         self._hadamard = None
         if down_hadamard is not None:
-            signs = np.asarray(down_hadamard[0], np.float32)
-            base = np.atleast_2d(np.asarray(down_hadamard[1], np.float32))
+            signs, base = down_hadamard
             m = base.shape[0]
-            if signs.shape != (I,) or not np.all(np.abs(signs) == 1):
-                raise ValueError(f"down_hadamard signs must be ±1 of shape ({I},), got {signs.shape}")
-            if base.shape != (m, m) or not np.all(np.abs(base) == 1) or I % m or (I // m) & (I // m - 1) or m > 64:
-                raise ValueError(f"down_hadamard base must be an m x m ±1 matrix with I={I} = m·2^p and m <= 64, "
-                                 f"got {base.shape}")
-            if not np.array_equal(base @ base.T, m * np.eye(m, dtype=np.float32)):
-                raise ValueError(f"down_hadamard base ({m}x{m}) is not a Hadamard matrix (B·Bᵀ != m·I)")
             signs_t, base_t = torch.from_numpy(signs).to(self.device), torch.from_numpy(base).to(self.device)
             self._tensors += [signs_t, base_t]
             self._hadamard = (signs_t.data_ptr(), base_t.data_ptr(), m)
@@ -446,20 +503,25 @@ class MoELayerCUDA:
 
     __call__ = forward
 
-    def gemm_only(self, tokens: int, sequential: bool = False) -> None:
-        """Re-run only the two fused GEMM launches of the last forward call of `tokens` tokens, on its buffers (the
-        "gemm" scope of the benchmark: routing, quantization and combine excluded)."""
+    def gemm_only(self, tokens: int, sequential: bool = False, stage: Optional[str] = None) -> None:
+        """Re-run only the fused GEMM launches of the last forward call of `tokens` tokens, on its buffers (the
+        "gemm" scope of the benchmark: routing, quantization and combine excluded); `stage` "gate_up" or "down"
+        runs one of the two."""
         import torch
 
         if tokens < 1 or tokens > self._capacity:
             raise ValueError(f"tokens={tokens}: call forward with at least this many tokens first "
                              f"(capacity {self._capacity})")
+        if stage not in (None, "gate_up", "down"):
+            raise ValueError(f"stage={stage!r} must be None, 'gate_up' or 'down'")
         ws, stream = self._workspace, torch.cuda.current_stream(self.device).cuda_stream
         n_rows = tokens * (self.top_k + self.n_shared_groups)
-        self._gemm(self._gate_up_tables, ws, n_rows, self._acts(ws, "x", self.hidden_size), ws["y_gate_up"],
-                   sequential, stream)
-        self._gemm(self._down_tables, ws, n_rows, self._acts(ws, "h", self.intermediate_size), ws["y_down"],
-                   sequential, stream)
+        if stage in (None, "gate_up"):
+            self._gemm(self._gate_up_tables, ws, n_rows, self._acts(ws, "x", self.hidden_size), ws["y_gate_up"],
+                       sequential, stream)
+        if stage in (None, "down"):
+            self._gemm(self._down_tables, ws, n_rows, self._acts(ws, "h", self.intermediate_size), ws["y_down"],
+                       sequential, stream)
 
     def weight_bytes(self, groups: Optional[Sequence[int]] = None) -> int:
         """Bytes of the packed buffers of the given expert groups (all by default): what a GEMM must read."""

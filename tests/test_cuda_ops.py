@@ -198,3 +198,68 @@ def test_bench_args_and_atomic_json(tmp_path):
     write_json_atomic(str(path), {"records": [{"us": 1.5}]})
     assert json.loads(path.read_text()) == {"records": [{"us": 1.5}]}
     assert [p.name for p in path.parent.iterdir()] == ["k.json"]  # no temp file left behind
+
+
+# ---- online Hadamard factors ----
+
+def _sylvester(p: int) -> np.ndarray:
+    i = np.arange(p)
+    return np.array([[(-1) ** bin(a & b).count("1") for b in i] for a in i], np.float64)
+
+
+def test_kron_hadamard():
+    from mxmoe.cuda_ops import kron_hadamard
+
+    rng = np.random.default_rng(4)
+    residues = {1, 3, 4, 5, 9}  # quadratic residues mod 11: Paley construction I of order 12
+    Q = np.array([[0 if i == j else 1 if (j - i) % 11 in residues else -1 for j in range(11)] for i in range(11)])
+    S = np.zeros((12, 12), int)
+    S[0, 1:], S[1:, 0], S[1:, 1:] = 1, -1, Q
+    base12 = S + np.eye(12, dtype=int)
+    assert np.array_equal(base12 @ base12.T, 12 * np.eye(12))
+    for base, p in ((np.ones((1, 1)), 64), (base12.astype(np.float64), 4)):
+        n = base.shape[0] * p
+        signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+        explicit = np.kron(base, _sylvester(p)) * signs[None, :] / np.sqrt(n)
+        x = rng.standard_normal((3, n))
+        np.testing.assert_allclose(kron_hadamard(x, signs, base), x @ explicit.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,seed", [(128, 7), (768, 3), (1408, 11), (256, None)])
+def test_hadamard_factors(n, seed):
+    hadamard = pytest.importorskip("mxmoe.hadamard")
+    from mxmoe.cuda_ops import hadamard_factors, kron_hadamard
+
+    signs, base = hadamard_factors(n, seed)
+    m = base.shape[0]
+    assert signs.shape == (n,) and n % m == 0 and np.array_equal(base @ base.T, m * np.eye(m))
+    x = np.random.default_rng(n).standard_normal((5, n))
+    np.testing.assert_allclose(kron_hadamard(x, signs, base), hadamard.hadamard_transform(x, seed=seed), atol=1e-10)
+
+
+def test_layer_hadamard_host_checks():
+    rng = np.random.default_rng(5)
+    H, I = 256, 128
+    experts = [_expert(rng, H, I) for _ in range(2)]
+    good = (np.ones(I, np.float32), np.ones((1, 1), np.float32))
+    with pytest.raises(ValueError, match="signs must be"):
+        MoELayerCUDA(experts, top_k=1, down_hadamard=(np.ones(I - 1), good[1]), device="cpu")
+    with pytest.raises(ValueError, match="signs must be"):
+        MoELayerCUDA(experts, top_k=1, down_hadamard=(np.full(I, 0.5), good[1]), device="cpu")
+    with pytest.raises(ValueError, match="not a Hadamard matrix"):
+        MoELayerCUDA(experts, top_k=1, down_hadamard=(good[0], np.ones((2, 2))), device="cpu")
+    with pytest.raises(ValueError, match="m·2\\^p"):
+        MoELayerCUDA(experts, top_k=1, down_hadamard=(good[0], np.ones((3, 3))), device="cpu")
+    with pytest.raises(ValueError, match="wider than the routed"):
+        MoELayerCUDA(experts, top_k=1, shared_experts=[_expert(rng, H, 256)], down_hadamard=good, device="cpu")
+    with pytest.raises(ValueError, match="must be a CUDA device"):  # valid factors: only the device is wrong
+        MoELayerCUDA(experts, top_k=1, down_hadamard=good, device="cpu")
+
+
+def test_gpu_tag():
+    from mxmoe.bench_kernels import gpu_tag
+
+    assert gpu_tag("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_tag("NVIDIA H200") == "h200"
+    assert gpu_tag("NVIDIA GeForce RTX 4090") == "rtx4090"
+    assert gpu_tag("Some GPU v2") == "some-gpu-v2"
