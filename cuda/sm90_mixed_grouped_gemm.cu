@@ -74,7 +74,8 @@
 namespace mx {
 
 constexpr int kThreads = 256;              // 8 warps per CTA, every micro-kernel
-constexpr int kSmemBytes = 110 * 1024;     // dynamic shared memory per CTA: two CTAs fit one SM (228 KB)
+constexpr int kSmemDecode = 110 * 1024;    // dynamic shared memory per CTA, decode variant: 2 CTAs per SM
+constexpr int kSmemPrefill = 220 * 1024;   // prefill variant: 1 CTA per SM (227 KB is the per-block limit)
 constexpr int kBN = 128;                   // output columns per tile, every micro-kernel
 constexpr int kGroup = 128;                // the weight group of the g128 schemes
 constexpr int kThinMaxRows = 16;           // experts with at most this many rows use the thin (decode) tile
@@ -110,17 +111,32 @@ MX_SCHEME_FACTS(MX_SCHEME_W4A4_G128_SYM, 4, INT4, 128, true, S8)
 static_assert(MX_SCHEME_COUNT == 12, "add the new scheme's facts above and to the dispatch switch below");
 
 /* ---- the two tile shapes (same CTA, same shared-memory budget) ---- */
-template <int BM_, int WARPS_M_>
+template <int BM_, int WARPS_M_, int SMEM_>
 struct Tile {
     static constexpr int BM = BM_, BN = kBN;
     static constexpr bool thin = BM_ <= 16;
+    static constexpr int smem = SMEM_;  // the kernel variant's shared-memory budget: sets the pipeline depth
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = (kThreads / 32) / WARPS_M_;
     static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // warp tile
     static constexpr int MT = WM / 16, NT = WN / 8;             // mma tiles per warp
     static_assert(WM % 16 == 0 && WN % 8 == 0, "warp tile must be whole mma tiles");
 };
-using ThinTile = Tile<16, 1>;  // decode: 16 × 128, warp tile 16 × 16
-using FatTile = Tile<64, 2>;   // prefill: 64 × 128, warp tile 32 × 32
+/* The two kernel variants (one launch uses one): the same micro-kernels, different fat tiles and occupancy.
+ *   decode  (2 CTAs/SM, <= 128 registers): thin 16 × 128, fat  64 × 128 (warp tile 32 × 32)
+ *   prefill (1 CTA/SM, <= 255 registers):  thin 16 × 128, fat 128 × 128 (warp tile 64 × 32: twice the mma per
+ *                                          fragment load, for the tensor-core-bound large-M problems)
+ * The host picks prefill when the launch averages >= kPrefillRowsPerGroup rows per expert. */
+struct DecodeVariant {
+    using Thin = Tile<16, 1, kSmemDecode>;
+    using Fat = Tile<64, 2, kSmemDecode>;
+    static constexpr int min_blocks = 2, smem = kSmemDecode;
+};
+struct PrefillVariant {
+    using Thin = Tile<16, 1, kSmemPrefill>;
+    using Fat = Tile<128, 2, kSmemPrefill>;
+    static constexpr int min_blocks = 1, smem = kSmemPrefill;
+};
+constexpr int kPrefillRowsPerGroup = 48;
 
 __host__ __device__ constexpr int pad_row(int bytes) { return (bytes / 16) % 2 == 0 ? bytes + 16 : bytes; }
 __host__ __device__ constexpr int round16(int bytes) { return (bytes + 15) / 16 * 16; }
@@ -152,7 +168,7 @@ struct Stage {
     static constexpr int z_off = s_off + s_bytes;  // g128 asym: u8 zeros [groups][BN]
     static constexpr int z_bytes = S::sym ? 0 : groups * T::BN;
     static constexpr int bytes = round16(z_off + z_bytes);
-    static constexpr int stages = cmin(8, kSmemBytes / bytes);
+    static constexpr int stages = cmin(8, T::smem / bytes);
     static_assert(stages >= 2, "a stage does not fit twice in the shared-memory budget");
     static_assert(S::G < 0 || (S::G == kGroup && BK % kGroup == 0), "a g128 stage must hold whole groups");
 };
@@ -160,7 +176,7 @@ struct Stage {
 /* ---- device-side schedule (workspace layout) ---- */
 struct TileGroup {       // one problem, in rank order (heaviest first)
     int32_t problem;     // index into the problem table
-    int32_t fat;         // 0: ThinTile, 1: FatTile
+    int32_t fat;         // 0: the variant's thin tile, 1: its fat tile
     int32_t rows;        // M of the problem's expert (clamped to [0, max_rows])
     int32_t tiles_n;     // ceil(n / BN)
     int64_t row0;        // first row of the expert in X and Y
@@ -539,17 +555,18 @@ __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activati
     epilogue<ID, T>(r, job, acts, y, ldy);
 }
 
-template <int ID>
+template <int ID, class V>
 __device__ __forceinline__ void run_tile_any(bool fat, const TileJob &job, const mx_cuda_activations &acts,
                                              uint16_t *y, int64_t ldy, char *smem) {
-    if (fat) run_tile<ID, FatTile>(job, acts, y, ldy, smem);
-    else run_tile<ID, ThinTile>(job, acts, y, ldy, smem);
+    if (fat) run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
+    else run_tile<ID, typename V::Thin>(job, acts, y, ldy, smem);
 }
 
 /* ======================================== kernels ======================================== */
 
 // The persistent GEMM: claim tiles heaviest-first until the list is exhausted.
-__global__ void __launch_bounds__(kThreads, 2)
+template <class V>
+__global__ void __launch_bounds__(kThreads, V::min_blocks)
     fused_grouped_gemm_kernel(const mx_cuda_problem *__restrict__ problems, Schedule sched,
                               const mx_cuda_activations acts, uint16_t *__restrict__ y, int64_t ldy,
                               int32_t n_problems) {
@@ -572,7 +589,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         }
         const TileGroup grp = sched.groups[lo];
         const int local = tile - sched.tile_start[lo];
-        const int bm = grp.fat ? FatTile::BM : ThinTile::BM;
+        const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
         const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
         TileJob job;
         job.problem = problems + grp.problem;
@@ -582,26 +599,25 @@ __global__ void __launch_bounds__(kThreads, 2)
         const bool fat = grp.fat != 0;
 
         switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
-        case MX_SCHEME_W16A16: run_tile_any<MX_SCHEME_W16A16>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A16_GN1_SYM: run_tile_any<MX_SCHEME_W8A16_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A16_GN1_ASYM: run_tile_any<MX_SCHEME_W4A16_GN1_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A16_G128_ASYM: run_tile_any<MX_SCHEME_W4A16_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W3A16_G128_ASYM: run_tile_any<MX_SCHEME_W3A16_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W2A16_G128_ASYM: run_tile_any<MX_SCHEME_W2A16_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A8_GN1_SYM: run_tile_any<MX_SCHEME_W8A8_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A8_GN1_SYM_FP8: run_tile_any<MX_SCHEME_W8A8_GN1_SYM_FP8>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A8_GN1_SYM: run_tile_any<MX_SCHEME_W4A8_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A8_G128_ASYM: run_tile_any<MX_SCHEME_W4A8_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A4_GN1_SYM: run_tile_any<MX_SCHEME_W4A4_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A4_G128_SYM: run_tile_any<MX_SCHEME_W4A4_G128_SYM>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W16A16: run_tile_any<MX_SCHEME_W16A16, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A16_GN1_SYM: run_tile_any<MX_SCHEME_W8A16_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_GN1_ASYM: run_tile_any<MX_SCHEME_W4A16_GN1_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_G128_ASYM: run_tile_any<MX_SCHEME_W4A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W3A16_G128_ASYM: run_tile_any<MX_SCHEME_W3A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W2A16_G128_ASYM: run_tile_any<MX_SCHEME_W2A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM: run_tile_any<MX_SCHEME_W8A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM_FP8: run_tile_any<MX_SCHEME_W8A8_GN1_SYM_FP8, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_GN1_SYM: run_tile_any<MX_SCHEME_W4A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_G128_ASYM: run_tile_any<MX_SCHEME_W4A8_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_GN1_SYM: run_tile_any<MX_SCHEME_W4A4_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_G128_SYM: run_tile_any<MX_SCHEME_W4A4_G128_SYM, V>(fat, job, acts, y, ldy, smem); break;
         default: break;  // unreachable: the host checked the table
         }
     }
 }
 
 // Predicted time of one tile in ns on one SM (sorting key only): bytes at an SM's share of HBM + mma time.
-__device__ float tile_cost_ns(const mx_cuda_problem &p, bool fat) {
-    const int bm = fat ? FatTile::BM : ThinTile::BM;
+__device__ float tile_cost_ns(const mx_cuda_problem &p, int bm) {
     int w_bits = 16, a_bits = 16;
     bool int_mma = false;
     switch (p.scheme_id) {
@@ -625,10 +641,10 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, bool fat) {
 }
 
 // One block: rows per problem from the device row offsets, rank by per-tile cost, prefix-sum the tile counts,
-// reset the claim counter.  n_problems <= 1024 = blockDim.x.
+// reset the claim counter.  n_problems <= 1024 = blockDim.x.  fat_bm: the launched variant's fat tile rows.
 __global__ void __launch_bounds__(1024)
     schedule_kernel(const mx_cuda_problem *__restrict__ problems, int32_t n_problems,
-                    const int32_t *__restrict__ row_offsets, int64_t max_rows, Schedule sched) {
+                    const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, Schedule sched) {
     __shared__ float cost[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int warp_sums[32];
@@ -644,9 +660,9 @@ __global__ void __launch_bounds__(1024)
         mine.row0 = lo;
         mine.fat = mine.rows > kThinMaxRows;
         mine.tiles_n = (p.n + kBN - 1) / kBN;
-        const int bm = mine.fat ? FatTile::BM : ThinTile::BM;
+        const int bm = mine.fat ? fat_bm : kThinMaxRows;
         my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
-        cost[tid] = my_tiles > 0 ? tile_cost_ns(p, mine.fat) : 0.f;
+        cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm) : 0.f;
     }
     __syncthreads();
     int rank = 0;
@@ -813,14 +829,28 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
     // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM) ----
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     mx::Schedule sched = mx::schedule_view(d_workspace, n_problems);
-    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, sched);
+    // Variant: prefill (big fat tiles, 1 CTA/SM) when the launch averages many rows per expert, else decode.
+    const bool prefill = max_rows >= (int64_t)mx::kPrefillRowsPerGroup * n_groups;
+    const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
+    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm, sched);
     e = cudaGetLastError();
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
-    e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             mx::kSmemBytes);
+    if (prefill) {
+        e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<mx::PrefillVariant>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mx::PrefillVariant::smem);
+        if (e == cudaSuccess)
+            mx::fused_grouped_gemm_kernel<mx::PrefillVariant>
+                <<<sms * mx::PrefillVariant::min_blocks, mx::kThreads, mx::PrefillVariant::smem, s>>>(
+                    d_problems, sched, *acts, d_y, ldy, n_problems);
+    } else {
+        e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<mx::DecodeVariant>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mx::DecodeVariant::smem);
+        if (e == cudaSuccess)
+            mx::fused_grouped_gemm_kernel<mx::DecodeVariant>
+                <<<sms * mx::DecodeVariant::min_blocks, mx::kThreads, mx::DecodeVariant::smem, s>>>(
+                    d_problems, sched, *acts, d_y, ldy, n_problems);
+    }
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "shared-memory attribute: %s", cudaGetErrorString(e));
-    mx::fused_grouped_gemm_kernel<<<2 * sms, mx::kThreads, mx::kSmemBytes, s>>>(d_problems, sched, *acts, d_y, ldy,
-                                                                               n_problems);
     e = cudaGetLastError();
     if (e != cudaSuccess)
         return mx_error_set(err, MX_ERR_CUDA, "fused GEMM launch (%d problems, max_rows=%lld): %s", n_problems,

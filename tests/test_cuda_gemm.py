@@ -156,11 +156,12 @@ def _tol(scheme_name: str) -> float:
 
 
 def enumerate_expert_rows():
-    """Rows per expert: empty experts, 1 row, 17 rows (thin tile, M tail), one expert taking everything, and
-    fat tiles with an M tail (130 = 2 * 64 + 2)."""
+    """Rows per expert: empty experts, 1 row, 17 rows (the first fat tile), one expert taking everything (70 = 64 + 6,
+    an M tail), and a launch averaging >= 48 rows per expert, which runs the prefill variant (128-row fat tiles:
+    300 = 2 * 128 + 44) with a thin expert (3 rows) in it."""
     yield [0, 1, 17, 5]
     yield [0, 0, 70, 0]
-    yield [3, 130, 0, 40]
+    yield [3, 300, 0, 40]
 
 
 @needs_gpu
@@ -181,10 +182,12 @@ def test_gemm_fused_per_scheme(scheme_name, case):
 
 
 @needs_gpu
-def test_gemm_fused_mixed():
+@pytest.mark.parametrize("expert_rows", [[2, 0, 33, 1, 16, 90], [200, 0, 33, 1, 16, 190]],
+                         ids=["decode-variant", "prefill-variant"])
+def test_gemm_fused_mixed(expert_rows):
     """One launch, every candidate scheme at once: gate and up of one expert in different schemes side by side in
-    Y's columns (up narrower, leaving a column gap that must stay untouched), thin and fat tiles, a long K."""
-    expert_rows = [2, 0, 33, 1, 16, 90]
+    Y's columns (up narrower, leaving a column gap that must stay untouched), thin and fat tiles, a long K; in both
+    kernel variants (the second averages >= 48 rows per expert)."""
     k = 2048
     x = _random_x(sum(expert_rows), k, seed=7)
     problems = []
