@@ -572,6 +572,7 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
                               int32_t n_problems) {
     extern __shared__ __align__(128) char smem[];
     __shared__ int claimed;
+    grid_dependency_wait();  // launched early (programmatic dependent launch): wait for the schedule kernel
     const int total = *sched.total;
     for (;;) {
         if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
@@ -649,6 +650,7 @@ __global__ void __launch_bounds__(1024)
     __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int warp_sums[32];
     const int tid = threadIdx.x;
+    launch_dependents();  // let the GEMM's CTAs start now; they wait in grid_dependency_wait for our results
     TileGroup mine{};
     int my_tiles = 0;
     if (tid < n_problems) {
@@ -769,6 +771,28 @@ extern "C" size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_probl
     return (mx::schedule_bytes(n_problems) + 255) / 256 * 256;
 }
 
+// Launch one variant of the persistent kernel: one grid of min_blocks CTAs per SM, optionally as a programmatic
+// dependent of the schedule kernel before it on the stream.
+template <class V>
+static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule sched, const mx_cuda_activations *acts,
+                                uint16_t *d_y, int64_t ldy, int32_t n_problems, int sms, cudaStream_t s, bool pdl) {
+    cudaError_t e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         V::smem);
+    if (e != cudaSuccess) return e;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(sms * V::min_blocks);
+    config.blockDim = dim3(mx::kThreads);
+    config.dynamicSmemBytes = V::smem;
+    config.stream = s;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = pdl ? 1 : 0;
+    e = cudaLaunchKernelEx(&config, mx::fused_grouped_gemm_kernel<V>, d_problems, sched, *acts, d_y, ldy, n_problems);
+    return e != cudaSuccess ? e : cudaGetLastError();
+}
+
 extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
                                              const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
                                              const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
@@ -813,15 +837,19 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
             return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld must be a multiple of %d for %s rows",
                                 (long long)acts->ld, ld_multiple[f], format_names[f]);
     }
-    int device = 0, sms = 0, major = 0, minor = 0;
+    int device = 0, sms = 0, major = 0, minor = 0, smem_optin = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "device query: %s", cudaGetErrorString(e));
     if (major * 10 + minor < 80)
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs sm_80 or newer, device is sm_%d%d", major,
                             minor);
+    if (smem_optin < mx::DecodeVariant::smem)
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs %d bytes of shared memory per block, device "
+                            "sm_%d%d offers %d", mx::DecodeVariant::smem, major, minor, smem_optin);
     if ((info->formats_mask & (1 << MX_CUDA_ACT_FP8)) && major * 10 + minor < 89)
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
                             "sm_%d%d", major, minor);
@@ -829,29 +857,27 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
     // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM) ----
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     mx::Schedule sched = mx::schedule_view(d_workspace, n_problems);
-    // Variant: prefill (big fat tiles, 1 CTA/SM) when the launch averages many rows per expert, else decode.
-    const bool prefill = max_rows >= (int64_t)mx::kPrefillRowsPerGroup * n_groups;
+    // Variant: prefill (big fat tiles, 1 CTA/SM) when the launch averages many rows per expert and the device has
+    // the shared memory for it (Hopper; an A100 runs the decode variant throughout), else decode.
+    const bool prefill = max_rows >= (int64_t)mx::kPrefillRowsPerGroup * n_groups &&
+                         smem_optin >= mx::PrefillVariant::smem;
     const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
     mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm, sched);
     e = cudaGetLastError();
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
-    if (prefill) {
-        e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<mx::PrefillVariant>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mx::PrefillVariant::smem);
-        if (e == cudaSuccess)
-            mx::fused_grouped_gemm_kernel<mx::PrefillVariant>
-                <<<sms * mx::PrefillVariant::min_blocks, mx::kThreads, mx::PrefillVariant::smem, s>>>(
-                    d_problems, sched, *acts, d_y, ldy, n_problems);
-    } else {
-        e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<mx::DecodeVariant>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mx::DecodeVariant::smem);
-        if (e == cudaSuccess)
-            mx::fused_grouped_gemm_kernel<mx::DecodeVariant>
-                <<<sms * mx::DecodeVariant::min_blocks, mx::kThreads, mx::DecodeVariant::smem, s>>>(
-                    d_problems, sched, *acts, d_y, ldy, n_problems);
+    // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency
+    // to hide); a runtime that refuses the attribute gets the plain launch.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    e = cudaStreamIsCapturing(s, &capture);
+    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "stream query: %s", cudaGetErrorString(e));
+    const bool pdl = major >= 9 && capture == cudaStreamCaptureStatusNone;
+    e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl)
+                : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl);
+    if (e != cudaSuccess && pdl) {
+        (void)cudaGetLastError();
+        e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false)
+                    : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false);
     }
-    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "shared-memory attribute: %s", cudaGetErrorString(e));
-    e = cudaGetLastError();
     if (e != cudaSuccess)
         return mx_error_set(err, MX_ERR_CUDA, "fused GEMM launch (%d problems, max_rows=%lld): %s", n_problems,
                             (long long)max_rows, cudaGetErrorString(e));
