@@ -157,11 +157,11 @@ def _tol(scheme_name: str) -> float:
 
 def enumerate_expert_rows():
     """Rows per expert: empty experts, 1 row, 17 rows (the first fat tile), one expert taking everything (70 = 64 + 6,
-    an M tail), and a launch averaging >= 48 rows per expert, which runs the prefill variant (128-row fat tiles:
-    300 = 2 * 128 + 44) with a thin expert (3 rows) in it."""
+    an M tail), and a launch averaging >= 96 rows per expert, which runs the prefill variant (128-row fat tiles:
+    400 = 3 * 128 + 16) with a thin expert (3 rows) in it."""
     yield [0, 1, 17, 5]
     yield [0, 0, 70, 0]
-    yield [3, 300, 0, 40]
+    yield [3, 400, 0, 40]
 
 
 @needs_gpu
@@ -182,12 +182,12 @@ def test_gemm_fused_per_scheme(scheme_name, case):
 
 
 @needs_gpu
-@pytest.mark.parametrize("expert_rows", [[2, 0, 33, 1, 16, 90], [200, 0, 33, 1, 16, 190]],
+@pytest.mark.parametrize("expert_rows", [[2, 0, 33, 1, 16, 90], [300, 0, 33, 1, 16, 290]],
                          ids=["decode-variant", "prefill-variant"])
 def test_gemm_fused_mixed(expert_rows):
     """One launch, every candidate scheme at once: gate and up of one expert in different schemes side by side in
     Y's columns (up narrower, leaving a column gap that must stay untouched), thin and fat tiles, a long K; in both
-    kernel variants (the second averages >= 48 rows per expert)."""
+    kernel variants (the second averages >= 96 rows per expert)."""
     k = 2048
     x = _random_x(sum(expert_rows), k, seed=7)
     problems = []
