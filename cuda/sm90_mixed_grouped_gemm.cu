@@ -23,7 +23,7 @@
  *   tile id:   0 ........ tile_start[1] ......... tile_start[2] ....................... total
  *              │ p_heavy: (m0,n0)(m0,n1)…(m1,n0)… │ p_next: …                     │ … lightest problem │
  *
- *   persistent grid (2 CTAs per SM):
+ *   persistent grid (decode variant: 2 CTAs per SM; prefill variant, >= 96 rows per expert: 1 CTA per SM):
  *     CTA 0:  t = atomicAdd(counter) ─► tile 0  ─► t = atomicAdd ─► tile 7   ─► ...
  *     CTA 1:  t = atomicAdd(counter) ─► tile 1  ─► ...
  *     ...                                             until t >= total
@@ -34,7 +34,7 @@
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
  *   BN = 128 output columns × BM rows (thin: BM = 16, 8 warps side by side, warp tile 16×16;
- *   fat: BM = 64, warps 2×4, warp tile 32×32), K walked in BK steps: BK = 128, except thin tiles of sub-8-bit
+ *   fat: BM = 64, warps 2×4, warp tile 32×32; prefill variant's fat: BM = 128, warp tile 64×32), K walked in BK steps: BK = 128, except thin tiles of sub-8-bit
  *   weights, where BK = 1024 / W (256 for w4, 384 for w3, 512 for w2) so that every stage reads 128-144
  *   contiguous bytes of each weight row (HBM serves 32-64 B runs scattered over 128 rows at half speed or worse).
  *
@@ -57,7 +57,8 @@
  *   Shared memory rows are padded by 16 bytes when their length is an even number of 16-byte chunks, so the 8 rows
  *   that an ldmatrix (or a warp's fragment loads) touch fall into different banks.
  *
- * Per call the host does O(1) work: validate scalars against the checked table's summary, two launches.
+ * Per call the host does O(1) work: validate scalars against the checked table's summary, two launches (the GEMM as
+ * a programmatic dependent of the schedule kernel on sm_90, so its launch latency overlaps the schedule).
  * Tests: tests/test_cuda_gemm.py.  Benchmark: bench/bench_gemm.py. */
 #include "sm90_mixed_grouped_gemm.cuh"
 
