@@ -30,7 +30,11 @@ same length and no padding, so those keyword arguments depend only on the batch 
 batch size.  Then each decoder layer runs over the windows in batches, collecting its statistics and overwriting
 the hidden-state buffer in place with its outputs (the next layer's inputs).  Memory is therefore one
 [n_samples, seq_len, hidden] buffer in the model's dtype plus one layer's statistics; it does not grow with the
-number of layers processed beyond the profile's own results.
+number of layers processed beyond the profile's own results (float64 H and Hw of every block: 270 MiB for the
+bundled mini model; tracemalloc shows the profiler's own allocations are exactly these, whatever n_samples).
+Measured peak RSS on the mini model with 128 x 512 tokens: bench/results/profile-mini-cpu.json.  Part of the
+remaining RSS growth is PyTorch's: on CPU, oneDNN caches one primitive per distinct matmul shape, and every
+expert's row count is a new shape (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=8`` measured about a third less growth).
 
 Starved experts: an expert with fewer than ``min_tokens`` assignments is flagged (``BlockInfo.starved``) and
 listed by :meth:`Profile.coverage`.  Its Hessians get ``m = min_tokens - tokens`` pseudo-tokens of prior added to
