@@ -7,7 +7,8 @@
 Both return f64 [n_blocks, n_schemes] in the SAME units — the squared L2 change of the MoE layer's output
 summed over calibration tokens — so entries are comparable across experts, blocks and layers and add up (errors of
 different blocks are treated as uncorrelated, the ILP's assumption).  ``model`` must be the model the profile was
-taken from (its weights are what gets quantized); each block is quantized with ``mxmoe.quantize_rtn`` (the
+taken from (its weights are what gets quantized; ``model=None`` uses ``profile.model``, the profiled model while
+it is alive in this process); each block is quantized with ``mxmoe.quantize_rtn`` (the
 allocator's candidates are compared under RTN; GPTQ lowers all of them roughly alike).
 
 Proxy (``method="proxy"``).  The MoE output is ``y = sum_k w_k expert_k(x)`` (+ shared experts), so an error on
@@ -52,7 +53,10 @@ def estimate_loss(profile, candidates: Sequence[SchemeLike], model=None, method:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if model is None:
-        raise ValueError("estimate_loss needs the model the profile was taken from (its weights are quantized)")
+        model = getattr(profile, "model", None)
+    if model is None:
+        raise ValueError("estimate_loss needs the model the profile was taken from (its weights are quantized): "
+                         "pass model=, or call it while the model mxmoe.profile ran on is still alive")
     if not schemes:
         raise ValueError("candidates is empty")
     refs = _check_model(profile, model)

@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 import types
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -102,6 +103,16 @@ class BlockInfo:
         return self.out_features * self.in_features
 
 
+class BlockList(list):
+    """``Profile.blocks``: a list of BlockInfo that also carries the routing facts a block alone lacks
+    (``top_k``, ``calib_tokens``), so ``CostModel.table(profile.blocks, ...)`` can compute expected token counts."""
+
+    def __init__(self, blocks: Iterable[BlockInfo], top_k: int, calib_tokens: int):
+        super().__init__(blocks)
+        self.top_k = int(top_k)
+        self.calib_tokens = int(calib_tokens)
+
+
 class Profile:
     """Calibration statistics of one model (see the module docstring for every field's meaning)."""
 
@@ -134,6 +145,7 @@ class Profile:
         self._channel_gains = channel_gains
         self._act_samples = act_samples
         self.meta = dict(meta or {})
+        self._model_ref = None  # weakref to the profiled model (set by profile(); not saved)
         self._layer_row = {layer: row for row, layer in enumerate(self.layers)}
         self.blocks = self._make_blocks()
         self._block_index = {(b.layer, b.expert, b.block): i for i, b in enumerate(self.blocks)}
@@ -163,7 +175,7 @@ class Profile:
         if not 0 <= int(expert) < self.num_total_experts:
             raise ValueError(f"expert={expert} out of range: {self.num_experts} routed + {self.num_shared} shared")
 
-    def _make_blocks(self) -> list[BlockInfo]:
+    def _make_blocks(self) -> BlockList:
         blocks = []
         for row, layer in enumerate(self.layers):
             for expert in range(self.num_total_experts):
@@ -174,7 +186,7 @@ class Profile:
                     blocks.append(BlockInfo(layer, expert, block, out_f, in_f, tokens,
                                             float(self.routing_mass[row, expert]),
                                             (not shared) and tokens < self.min_tokens, shared))
-        return blocks
+        return BlockList(blocks, self.top_k, self.calib_tokens)
 
     def block_index(self, layer: int, expert: int, block: str) -> int:
         index = self._block_index.get((int(layer), int(expert), block))
@@ -316,6 +328,11 @@ class Profile:
                    fallback=header["fallback"], expert_token_counts=counts, routing_mass=mass,
                    routing_weight_sq=wsq, hessians=hessians, weighted_hessians=weighted, channel_gains=gains,
                    act_samples=act_samples, meta=header.get("meta"))
+
+    @property
+    def model(self):
+        """The model this profile was taken from, while it is alive in this process (None after load)."""
+        return self._model_ref() if self._model_ref is not None else None
 
     def __repr__(self) -> str:
         return (f"Profile({self.model_type}, MoE layers {self.layers}, {self.num_experts} routed + "
@@ -674,11 +691,13 @@ def profile(model, calib, seq_len: int = 512, n_samples: int = 128, tokenizer=No
         model.train(was_training)
     del hidden
 
-    return _assemble(model, refs, results, n_windows * window_len, min_tokens, fallback, {
+    result = _assemble(model, refs, results, n_windows * window_len, min_tokens, fallback, {
         "seq_len": int(window_len), "n_samples": int(n_windows), "batch_size": batch_size, "seed": seed,
         "act_sample_rows": act_sample_rows, "pooled_sample_rows": pooled_sample_rows,
         "dtype": str(embed_dtype).replace("torch.", ""), "seconds": time.perf_counter() - started,
         "peak_rss_mib": _peak_rss_mib()})
+    result._model_ref = weakref.ref(model)
+    return result
 
 
 def _assemble(model, refs, results, calib_tokens, min_tokens, fallback, meta) -> Profile:
