@@ -177,7 +177,8 @@ def _act_quant_experts_forward(experts, hidden, top_k_index, top_k_weights):
         def maybe_q(rows, block):
             if quantized is None or quantized[1] != block:
                 return rows
-            return torch.from_numpy(_quantize_rows(rows.detach().float().numpy(), quantized[2])).to(rows.dtype)
+            quantized_rows = _quantize_rows(rows.detach().float().cpu().numpy(), quantized[2])
+            return torch.from_numpy(quantized_rows).to(rows.device, rows.dtype)
 
         if quantized is not None and quantized[1] in ("gate", "up"):
             gate = torch.nn.functional.linear(maybe_q(x, "gate"), experts.gate_up_proj[expert, :width])
@@ -262,19 +263,17 @@ def _layer_out_of_layer(profile, schemes, model, ref, hidden, kwargs, out, bar) 
             row = profile.block_index(ref.layer_index, expert, block)
             view = arch.expert_block_weight(ref32, expert, block)
             original = view.clone()
-            W = original.numpy()
+            W = original.float().cpu().numpy()
             shared_linear = getattr(ref32.shared_experts[expert - ref32.num_experts], f"{block}_proj") \
                 if expert >= ref32.num_experts else None
             for j, s in enumerate(schemes):
-                view.copy_(torch.from_numpy(_quantize(W, s)))
+                view.copy_(torch.from_numpy(_quantize(W, s)).to(view.device, view.dtype))
                 handle = None
                 if s.quantizes_activations:
                     if shared_linear is None:
                         setattr(ref32.experts, _ACT_QUANT_ATTRIBUTE, (expert, block, s))
                     else:
-                        handle = shared_linear.register_forward_pre_hook(
-                            lambda module, args, s=s: (torch.from_numpy(_quantize_rows(args[0].reshape(
-                                -1, args[0].shape[-1]).numpy(), s)).reshape(args[0].shape),))
+                        handle = shared_linear.register_forward_pre_hook(_input_quantizer(s))
                 try:
                     changed = ref32.mlp(mlp_input).double()
                 finally:
@@ -285,6 +284,18 @@ def _layer_out_of_layer(profile, schemes, model, ref, hidden, kwargs, out, bar) 
                 out[row, j] = float(((changed - reference) ** 2).sum())
             view.copy_(original)
             bar.update(1)
+
+
+def _input_quantizer(scheme: Scheme):
+    """A forward pre-hook that replaces a Linear's input by its per-token quantized-dequantized version."""
+    import torch
+
+    def hook(module, args):
+        x = args[0]
+        rows = x.reshape(-1, x.shape[-1]).detach().float().cpu().numpy()
+        return (torch.from_numpy(_quantize_rows(rows, scheme)).to(x.device, x.dtype).reshape(x.shape),) + args[1:]
+
+    return hook
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

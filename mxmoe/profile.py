@@ -484,7 +484,7 @@ class _LayerCollector:
             if self.ref.shared_gate is not None:
                 weights = torch.sigmoid(self.ref.shared_gate(x).float()).reshape(-1)
             else:
-                weights = torch.ones(x.shape[0])
+                weights = torch.ones(x.shape[0], device=x.device)
             self._add(self.ref.num_experts + j, x, weights, gate, up, hidden_act, shared.act_fn)
 
     def _add(self, expert, x, routing_weights, gate, up, hidden_act, act_fn):
@@ -506,8 +506,8 @@ class _LayerCollector:
         stats.tokens += x32.shape[0]
         stats.mass += float(weights.sum(dtype=np.float64))
         stats.weight_sq += float(weights_sq.sum())
-        slope, activated = _activation_slope(act_fn, gate)
-        up32 = up.detach().float()
+        slope, activated = (t.cpu() for t in _activation_slope(act_fn, gate))
+        up32 = up.detach().float().cpu()
         w2 = torch.from_numpy(weights_sq).float()[:, None]
         stats.gains[0] += (w2 * (slope * up32) ** 2).sum(0).double().numpy()
         stats.gains[1] += (w2 * activated ** 2).sum(0).double().numpy()
@@ -529,7 +529,7 @@ class _LayerCollector:
                 continue
             # the expert's own view of typical tokens: the pooled sample through its gate/up weights
             weight = ref.experts.gate_up_proj[expert]
-            gate_up = torch.nn.functional.linear(pooled_x.to(weight.dtype), weight).float()
+            gate_up = torch.nn.functional.linear(pooled_x.to(weight.device, weight.dtype), weight).float().cpu()
             gate, up = gate_up[:, :ref.intermediate_size], gate_up[:, ref.intermediate_size:]
             slope, activated = _activation_slope(ref.experts.act_fn, gate)
             hidden_act = np.ascontiguousarray((activated * up).numpy())
