@@ -122,6 +122,7 @@ def test_route_topk_bad_arguments():
 # gather + quantize
 # ---------------------------------------------------------------------------------------------------------------
 
+POISON_BF16 = 1536.0  # exactly representable in bf16: untouched rows read back as this value
 FORMAT_SCHEMES = {ACT_INT8: "w8a8_g-1_sym", ACT_FP8: "w8a8_g-1_sym_fp8", ACT_INT4: "w4a4_g-1_sym"}
 
 
@@ -129,7 +130,7 @@ def act_buffers(rows: int, K: int, formats: int, poison: bool = True):
     fill = (lambda shape, dtype, v: torch.full(shape, v, dtype=dtype, device=DEV))
     b = {}
     if formats & (1 << ACT_BF16):
-        b["bf16"] = fill((rows, K), torch.bfloat16, 1234.0)
+        b["bf16"] = fill((rows, K), torch.bfloat16, POISON_BF16)
     if formats & (1 << ACT_INT8):
         b["int8"], b["s8"] = fill((rows, K), torch.int8, 99), fill((rows,), torch.float32, -5.0)
     if formats & (1 << ACT_FP8):
@@ -176,7 +177,7 @@ def test_route_gather_quant(T, K):
     got_bf16 = b["bf16"].float().cpu().numpy()
     for r in list(range(T)) + list(range(2 * T, 3 * T)):
         np.testing.assert_array_equal(got_bf16[r], h[perm[r]], err_msg=f"row {r}")
-    assert np.all(got_bf16[T:2 * T] == 1234.0), "group 1 does not read bf16: its rows must stay untouched"
+    assert np.all(got_bf16[T:2 * T] == POISON_BF16), "group 1 does not read bf16: its rows must stay untouched"
     assert np.all(got_bf16[3 * T:] == 0), "dropped rows are zero-filled"
     check_quantized(b, h[perm[:T]], np.arange(T), all_fmt, "group 0")
     check_quantized(b, h[perm[T:2 * T]], np.arange(T, 2 * T), 1 << ACT_INT8, "group 1")
@@ -395,6 +396,7 @@ def test_layer_cuda_graph_replay():
     with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
         static_out = layer(hidden, idx, w)
     torch.cuda.current_stream().wait_stream(stream)
+    previous = None
     for seed in range(2):  # new inputs copied into the captured buffers
         g = torch.Generator(device=DEV).manual_seed(seed)
         hidden.copy_(torch.randn(T, H, device=DEV, generator=g).to(torch.bfloat16))
@@ -403,7 +405,12 @@ def test_layer_cuda_graph_replay():
         graph.replay()
         eager = layer(hidden, idx, w)
         torch.cuda.synchronize()
-        assert torch.equal(static_out, eager), "graph replay differs from the eager call on the same inputs"
+        # the same computation (only a GEMM's summation order may differ): far below LAYER_REL_TOL
+        rel = ((static_out.float() - eager.float()).norm() / eager.float().norm()).item()
+        assert rel < 1e-3, f"graph replay differs from the eager call on the same inputs: {rel:.2e}"
+        if previous is not None:
+            assert not torch.equal(previous, static_out), "the replay did not recompute on the new inputs"
+        previous = static_out.clone()
 
 
 def test_layer_bad_input_before_launch():
