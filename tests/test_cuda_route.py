@@ -168,9 +168,10 @@ def test_route_gather_quant(T, K):
     all_fmt = 0b1111
     group_formats = np.array([all_fmt, 1 << ACT_INT8, 1 << ACT_BF16], np.uint8)
     b, tup = act_buffers(n_rows, K, all_fmt)
-    _cuda().route_gather_quant(hidden.data_ptr(), K, T, K, torch.from_numpy(perm).to(DEV).data_ptr(), n_rows,
-                               torch.from_numpy(row_offsets).to(DEV).data_ptr(), 3,
-                               torch.from_numpy(group_formats).to(DEV).data_ptr(), tup, _stream())
+    # device copies held in names: a temporary's memory could be reused by the next one before the launch reads it
+    perm_d, offsets_d, formats_d = (torch.from_numpy(a).to(DEV) for a in (perm, row_offsets, group_formats))
+    _cuda().route_gather_quant(hidden.data_ptr(), K, T, K, perm_d.data_ptr(), n_rows, offsets_d.data_ptr(), 3,
+                               formats_d.data_ptr(), tup, _stream())
     torch.cuda.synchronize()
     h = hidden.float().cpu().numpy()
     # bf16 copies: exact rows of hidden where requested (groups 0 and 2), dropped rows zero, group 1 untouched
