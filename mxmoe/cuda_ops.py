@@ -21,7 +21,8 @@ from logits the caller computes (``shared_gate_logits = hidden @ shared_expert_g
 Bad input raises before any launch: dtype / shape / device / contiguity of the tensors (``check_forward_inputs``),
 and schemes without a kernel or shapes the kernels refuse (constructor).  Expert indices outside [0, E) cannot be
 checked without a host sync: those (token, slot) pairs contribute nothing, the count is kept on the device
-(``last_dropped``), and ``check_indices=True`` verifies them on the host first (one sync).
+(``last_dropped``), and ``check_indices=True`` verifies them on the host first (one sync).  NaN / Inf in the
+activations are not looked for on the GPU either (same reason): they propagate to the outputs of their tokens.
 """
 from __future__ import annotations
 
