@@ -327,8 +327,12 @@ def make_layer_weights(rng, E, H, I, I_s, n_shared):
     return experts, shared
 
 
-def layer_reference(hidden: np.ndarray, idx: np.ndarray, w: np.ndarray, experts, shared, gate_logits):
-    """f32 reference: per expert ref_group_gemm on its tokens (activation quantization as the GPU does)."""
+def layer_reference(hidden: np.ndarray, idx: np.ndarray, w: np.ndarray, experts, shared, gate_logits,
+                    hadamard=None):
+    """f32 reference: per expert ref_group_gemm on its tokens (activation quantization as the GPU does);
+    hadamard = (signs, base) rotates down's inputs (cuda_ops.kron_hadamard)."""
+    from mxmoe.cuda_ops import kron_hadamard
+
     T, H = hidden.shape
     out = np.zeros((T, H), np.float64)
 
@@ -336,8 +340,10 @@ def layer_reference(hidden: np.ndarray, idx: np.ndarray, w: np.ndarray, experts,
         # the kernels' contract: gate/up outputs and h are bf16 tensors, h = bf16(SiLU(g)·u) computed in f32, and
         # down quantizes the bf16 h; mirroring those roundings keeps the check sharp (no code flips from them)
         g, u = (bf16_round(y) for y in mxmoe.ref_group_gemm([(x, blocks[0]), (x, blocks[1])]))
-        h = bf16_round(g / (1 + np.exp(-g)) * u)
-        return mxmoe.ref_group_gemm([(h, blocks[2])])[0]
+        h = g.astype(np.float64) / (1 + np.exp(-g.astype(np.float64))) * u
+        if hadamard is not None:
+            h = kron_hadamard(h, *hadamard)
+        return mxmoe.ref_group_gemm([(bf16_round(h), blocks[2])])[0]
 
     for e, blocks in enumerate(experts):
         tok, slot = np.nonzero(idx == e)
@@ -452,3 +458,29 @@ def test_bench_kernels_smoke(tmp_path):
     assert all(r["us"] > 0 for r in payload["records"] if r.get("us"))
     assert {(e["n"], e["k"]) for e in payload["entries"]} == {(1408, 2048), (2048, 1408)}
     assert payload["gpu"] and payload["roofline"]["copy_tb_s"] > 0
+
+
+def test_layer_online_hadamard():
+    """Down's inputs rotated on the device, I = 12·32 (Paley base 12), down schemes quantizing activations."""
+    rng = np.random.default_rng(21)
+    E, k, H, I, T = 6, 2, 256, 384, 23
+
+    def qw(N, K, scheme):
+        return mxmoe.quantize_rtn((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32), scheme)
+
+    downs = ["w8a8_g-1_sym", "w4a8_g128_asym", "w8a8_g-1_sym_fp8", "w4a16_g128_asym"]
+    experts = [(qw(I, H, "w4a16_g128_asym"), qw(I, H, "w8a16_g-1_sym"), qw(H, I, downs[e % len(downs)]))
+               for e in range(E)]
+    shared = [(qw(I, H, "w8a8_g-1_sym"), qw(I, H, "w8a8_g-1_sym"), qw(H, I, "w8a8_g-1_sym"))]
+    signs = np.where(rng.random(I) < 0.5, -1.0, 1.0).astype(np.float32)
+    base = paley_hadamard(11)
+    layer = MoELayerCUDA(experts, top_k=k, shared_experts=shared, down_hadamard=(signs, base))
+    hidden = torch.from_numpy(rng.standard_normal((T, H)).astype(np.float32)).to(torch.bfloat16)
+    idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int64)
+    w = rng.random((T, k)).astype(np.float32)
+    out = layer(hidden.to(DEV), torch.from_numpy(idx).to(DEV), torch.from_numpy(w).to(DEV))
+    torch.cuda.synchronize()
+    want = layer_reference(hidden.float().numpy(), idx, w, experts, shared, np.full(T, np.inf, np.float32),
+                           hadamard=(signs, base))  # no gate logits given: the shared expert's gate is 1
+    rel = np.linalg.norm(out.float().cpu().numpy() - want) / np.linalg.norm(want)
+    assert rel < LAYER_REL_TOL, f"relative error {rel:.3e}"
