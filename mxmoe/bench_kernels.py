@@ -400,11 +400,15 @@ def run(args: argparse.Namespace) -> dict:
     summary = geometric_means(records)
     for impl, scope, g, n in summary:
         print(f"# geomean speedup vs torch bf16 grouped_mm, {scope:5s} {impl:32s} x{g:.2f} over {n} configs")
+    gains = fused_gains(records)
+    for scope, g, n in gains:
+        print(f"# geomean mixed fused over per-scheme sequential launches, {scope:5s} x{g:.2f} over {n} configs")
     return {"gpu": props.name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["python -m mxmoe bench kernels"] + list(args.argv)),
             "roofline": {"copy_tb_s": roof.copy_tb_s, "bf16_tflops": roof.bf16_tflops},
             "geomean_speedup_vs_bf16": [{"impl": i, "scope": s, "geomean": g, "configs": n}
                                         for i, s, g, n in summary],
+            "geomean_mixed_fused_over_sequential": [{"scope": s, "geomean": g, "configs": n} for s, g, n in gains],
             "records": records,
             "entries": entries}
 
@@ -464,6 +468,19 @@ def gpu_tag(gpu_name: str) -> str:
         if tag in lower:
             return "rtx4090" if tag == "4090" else tag
     return "".join(c if c.isalnum() else "-" for c in lower).strip("-") or "gpu"
+
+
+def fused_gains(records: Sequence[dict]) -> list[tuple[str, float, int]]:
+    """Per scope: geometric mean over (model, tokens) of mxmoe_mixed_sequential µs / mxmoe_mixed_fused µs."""
+    times: dict[tuple, dict[str, float]] = {}
+    for r in records:
+        if r["impl"] in ("mxmoe_mixed_fused", "mxmoe_mixed_sequential") and r.get("us"):
+            times.setdefault((r["model_shape"], r["tokens"], r["scope"]), {})[r["impl"]] = float(r["us"])
+    per_scope: dict[str, list[float]] = {}
+    for (_, _, scope), t in times.items():
+        if len(t) == 2:
+            per_scope.setdefault(scope, []).append(t["mxmoe_mixed_sequential"] / t["mxmoe_mixed_fused"])
+    return [(scope, math.exp(sum(map(math.log, v)) / len(v)), len(v)) for scope, v in sorted(per_scope.items())]
 
 
 def write_json_atomic(path: str, payload: dict) -> None:

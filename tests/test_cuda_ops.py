@@ -263,3 +263,14 @@ def test_gpu_tag():
     assert gpu_tag("NVIDIA H200") == "h200"
     assert gpu_tag("NVIDIA GeForce RTX 4090") == "rtx4090"
     assert gpu_tag("Some GPU v2") == "some-gpu-v2"
+
+
+def test_fused_gains():
+    from mxmoe.bench_kernels import fused_gains
+
+    rec = (lambda impl, t, us, scope="layer": {"model_shape": "m", "tokens": t, "impl": impl, "scope": scope, "us": us})
+    records = [rec("mxmoe_mixed_fused", 1, 10.0), rec("mxmoe_mixed_sequential", 1, 20.0),
+               rec("mxmoe_mixed_fused", 2, 10.0), rec("mxmoe_mixed_sequential", 2, 80.0),
+               rec("mxmoe_mixed_fused", 3, 10.0),  # no sequential twin: ignored
+               rec("mxmoe_mixed_sequential", 1, 30.0, "gemm"), rec("mxmoe_mixed_fused", 1, 10.0, "gemm")]
+    assert fused_gains(records) == [("gemm", pytest.approx(3.0), 1), ("layer", pytest.approx(4.0), 2)]
