@@ -450,7 +450,7 @@ def test_bench_kernels_smoke(tmp_path):
 
     out = tmp_path / "kernels.json"
     assert main(["--models", "qwen1.5-moe", "--tokens", "16", "--schemes", "w4a16_g128_asym", "--impls", "uniform",
-                 "mixed", "profile", "--reps", "3", "--out", str(out)]) == 0
+                 "mixed", "profile", "--reps", "2", "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
     impls = {(r["impl"], r["scope"]) for r in payload["records"] if r.get("us")}
     for impl in ("torch_bf16_grouped_mm", "mxmoe_w4a16_g128_asym", "mxmoe_mixed_fused", "mxmoe_mixed_sequential"):
