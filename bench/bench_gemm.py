@@ -303,9 +303,36 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def summarize(path: str) -> None:
+    """Print the issue's targets from a records file: T=16 w4a16_g128 vs bf16 and vs HBM copy bandwidth, T=8192
+    w8a8 vs bf16 and fp8, mixed fused vs sequential; then a geometric mean of ×bf16 per impl."""
+    records = json.load(open(path))
+    copy_tbps = next((r["value"] for r in records if r.get("impl") == "ceiling_copy_tbps"), float("nan"))
+    gemm = [r for r in records if r.get("scope") == "gemm"]
+    by = {(r["model_shape"], r["proj"], r["tokens"], r["impl"]): r for r in gemm}
+    print(f"copy bandwidth {copy_tbps:.2f} TB/s")
+    for (model, proj, tokens, impl), r in sorted(by.items()):
+        if (tokens, impl) in ((16, "mxmoe_w4a16_g128_asym"), (8192, "mxmoe_w8a8_g-1_sym"), (8192, "mxmoe_w8a8_g-1_sym_fp8")):
+            fp8 = by.get((model, proj, tokens, "torch_fp8_grouped_mm"))
+            print(f"{model:17s} {proj:7s} T={tokens:5d} {impl:24s} {r['us']:9.1f} us  x_bf16={r.get('x_bf16')}  "
+                  f"TB/s={r['tbps']:.2f} ({r['tbps'] / copy_tbps:.0%} of copy)  "
+                  f"x_fp8={fp8['us'] / r['us'] if fp8 else float('nan'):.2f}")
+        if impl == "mxmoe_mixed_fused":
+            seq = by.get((model, proj, tokens, "mxmoe_mixed_sequential"))
+            if seq:
+                print(f"{model:17s} {proj:7s} T={tokens:5d} mixed fused {r['us']:9.1f} us vs sequential "
+                      f"{seq['us']:9.1f} us: x{seq['us'] / r['us']:.2f}")
+    impls = sorted({r["impl"] for r in gemm})
+    for impl in impls:
+        ratios = [r["x_bf16"] for r in gemm if r["impl"] == impl and r.get("x_bf16")]
+        if ratios:
+            print(f"geomean x_bf16 {impl:28s} {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="GEMM records JSON (kernels-gemm-<gpu>.json)")
+    parser.add_argument("--out", help="GEMM records JSON (kernels-gemm-<gpu>.json)")
+    parser.add_argument("--summarize", metavar="JSON", help="print the targets of an existing records file, run nothing")
     parser.add_argument("--profile-out", help="kernel profile JSON for the cost model (kernel-profile-<gpu>.json)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
@@ -315,6 +342,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.summarize:
+        summarize(args.summarize)
+        return 0
+    if not args.out:
+        parser.error("--out is required")
     if not mxmoe.cuda_available():
         print(mxmoe.cuda_status(), file=sys.stderr)
         return 2

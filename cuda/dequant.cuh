@@ -16,7 +16,8 @@
  *
  * int8 path (m16n8k32): lane (g, t) needs codes {4t..4t+3} (b0) and {16+4t..16+4t+3} (b1) of the pack.
  *   W = 8: words t and 4 + t of the pack (bytes are codes in order); sym int: u - 128 = u ^ 0x80 as int8.
- *   W = 4: the 16 bits at byte offset 2t and 8 + 2t of the pack, spread nibble -> byte, minus z per byte. */
+ *   W = 4: the 16 bits at byte offset 2t and 8 + 2t of the pack, spread nibble -> byte, minus z per byte.
+ * No SIMD-video intrinsics (__vsub4 is emulated on sm_90): byte-wise math is done with a bias of 128 instead. */
 #ifndef MX_DEQUANT_CUH
 #define MX_DEQUANT_CUH
 
@@ -59,14 +60,24 @@ __device__ __forceinline__ uint32_t u8pair_minus_128(uint32_t b) {
     return bf16x2_bits(__floats2bfloat162_rn(f0, f1));
 }
 
-// Four 4-bit codes in bits [0,16) -> four bytes (u0, u1, u2, u3), little-endian.
-__device__ __forceinline__ uint32_t spread_nib4(uint32_t h) {
-    return (h & 0xFu) | ((h & 0xF0u) << 4) | ((h & 0xF00u) << 8) | ((h & 0xF000u) << 12);
+// Four 4-bit codes -> four bytes (u0, u1, u2, u3), little-endian.  `sel` = 0x1100 takes the codes from bits
+// [0,16) of w, 0x3322 from bits [16,32): PRMT duplicates the two bytes (b0 b0 b1 b1), then bytes 0/2 keep their lo
+// nibble and bytes 1/3 their hi nibble.
+__device__ __forceinline__ uint32_t spread_nib4(uint32_t w, uint32_t sel) {
+    const uint32_t y = __byte_perm(w, 0u, sel);
+    return (y & 0x000F000Fu) | ((y >> 4) & 0x0F000F00u);
 }
 
-// Four signed int4 activations (two's complement nibbles) in bits [0,16) -> four int8.
-__device__ __forceinline__ uint32_t int4x4_to_int8x4(uint32_t h) {
-    return vsub4(spread_nib4(h) ^ 0x08080808u, 0x08080808u);
+// Four codes u (0..15) minus z per byte as int8: u ^ 0x80 = u + 128, (u + 128 - z) never borrows across bytes, and
+// flipping bit 7 back turns the biased byte into two's complement.  z4 = z · 0x01010101.
+__device__ __forceinline__ uint32_t u4x4_minus_z(uint32_t w, uint32_t sel, uint32_t z4) {
+    return ((spread_nib4(w, sel) ^ 0x80808080u) - z4) ^ 0x80808080u;
+}
+
+// Four signed int4 activations (two's complement nibbles) -> four int8: n ^ 8 is the code biased by 8, so
+// byte ^ 0x88 = 128 + 8 + s, minus 8, flip bit 7.
+__device__ __forceinline__ uint32_t int4x4_to_int8x4(uint32_t w, uint32_t sel) {
+    return ((spread_nib4(w, sel) ^ 0x88888888u) - 0x08080808u) ^ 0x80808080u;
 }
 
 // An int32 partial sum |v| < 2^22 -> fp32 with two full-rate ops (2^23 + 2^22 + v has v in its mantissa).

@@ -75,8 +75,19 @@ __device__ __forceinline__ void mma_e4m3_16832(float (&d)[4], const uint32_t (&a
 #endif
 }
 
-// Per-byte a - b (modular): the int8 (u - z) of four packed codes in one instruction.
-__device__ __forceinline__ uint32_t vsub4(uint32_t a, uint32_t b) { return __vsub4(a, b); }
+// Programmatic dependent launch (sm_90+; no-ops before): the schedule kernel lets the GEMM kernel launch while it
+// runs, and the GEMM waits here until the schedule kernel has finished and its writes are visible.  This hides the
+// second launch's latency (a few µs, a tenth of a decode-size GEMM).
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 
 }  // namespace mx
 

@@ -34,15 +34,17 @@
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
  *   BN = 128 output columns × BM rows (thin: BM = 16, 8 warps side by side, warp tile 16×16;
- *   fat: BM = 64, warps 2×4, warp tile 32×32), K walked in BK = 128 steps (= one g128 group).
+ *   fat: BM = 64, warps 2×4, warp tile 32×32), K walked in BK steps: BK = 128, except thin tiles of sub-8-bit
+ *   weights, where BK = 1024 / W (256 for w4, 384 for w3, 512 for w2) so that every stage reads 128-144
+ *   contiguous bytes of each weight row (HBM serves 32-64 B runs scattered over 128 rows at half speed or worse).
  *
  *          k ───────────────────────────►            Each BK step is one pipeline stage in shared memory:
  *   rows  ┌──────┬──────┬──────┬──────┐                 A  [BM][BK] activations (bf16 / int8 / e4m3 / int4)
  *   of X  │ st 0 │ st 1 │ st 2 │ ...  │ (BM×K)          W  [BN][BK·W/8] packed codes, rows = output columns
- *         └──────┴──────┴──────┴──────┘                 S  [BN] f16 scales, Z [BN] u8 zeros (g128 only)
+ *         └──────┴──────┴──────┴──────┘                 S  [BK/128][BN] f16 scales, Z [BK/128][BN] u8 zeros (g128)
  *   W rows ┌──────┬──────┬──────┬──────┐              loaded with 16-byte cp.async (zero-filled past M, N, K),
  *   (BN×K) └──────┴──────┴──────┴──────┘              stages = min(8, shared budget / stage bytes): a w4 thin
- *                                                     tile keeps 7 stages (~70 KB of weights) in flight.
+ *                                                     tile keeps 3 stages (~55 KB of weights) in flight.
  *
  *   Micro-kernels (one per family, chosen per tile by the problem's scheme id, all sharing the CTA shape):
  *     bf16 mma m16n8k16: w16a16 (ldmatrix of bf16 weights), wXa16 X in {8,4,3,2}: codes -> exact bf16 (u - z)
@@ -72,8 +74,10 @@
 namespace mx {
 
 constexpr int kThreads = 256;              // 8 warps per CTA, every micro-kernel
-constexpr int kSmemBytes = 110 * 1024;     // dynamic shared memory per CTA: two CTAs fit one SM (228 KB)
-constexpr int kBN = 128, kBK = 128;        // output columns and k per stage, every micro-kernel
+constexpr int kSmemDecode = 110 * 1024;    // dynamic shared memory per CTA, decode variant: 2 CTAs per SM
+constexpr int kSmemPrefill = 220 * 1024;   // prefill variant: 1 CTA per SM (227 KB is the per-block limit)
+constexpr int kBN = 128;                   // output columns per tile, every micro-kernel
+constexpr int kGroup = 128;                // the weight group of the g128 schemes
 constexpr int kThinMaxRows = 16;           // experts with at most this many rows use the thin (decode) tile
 
 /* ---- the scheme table, as compile-time facts (keyed by enum mx_scheme_id) ---- */
@@ -107,16 +111,32 @@ MX_SCHEME_FACTS(MX_SCHEME_W4A4_G128_SYM, 4, INT4, 128, true, S8)
 static_assert(MX_SCHEME_COUNT == 12, "add the new scheme's facts above and to the dispatch switch below");
 
 /* ---- the two tile shapes (same CTA, same shared-memory budget) ---- */
-template <int BM_, int WARPS_M_>
+template <int BM_, int WARPS_M_, int SMEM_>
 struct Tile {
-    static constexpr int BM = BM_, BN = kBN, BK = kBK;
+    static constexpr int BM = BM_, BN = kBN;
+    static constexpr bool thin = BM_ <= 16;
+    static constexpr int smem = SMEM_;  // the kernel variant's shared-memory budget: sets the pipeline depth
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = (kThreads / 32) / WARPS_M_;
     static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // warp tile
     static constexpr int MT = WM / 16, NT = WN / 8;             // mma tiles per warp
     static_assert(WM % 16 == 0 && WN % 8 == 0, "warp tile must be whole mma tiles");
 };
-using ThinTile = Tile<16, 1>;  // decode: 16 × 128, warp tile 16 × 16
-using FatTile = Tile<64, 2>;   // prefill: 64 × 128, warp tile 32 × 32
+/* The two kernel variants (one launch uses one): the same micro-kernels, different fat tiles and occupancy.
+ *   decode  (2 CTAs/SM, <= 128 registers): thin 16 × 128, fat  64 × 128 (warp tile 32 × 32)
+ *   prefill (1 CTA/SM, <= 255 registers):  thin 16 × 128, fat 128 × 128 (warp tile 64 × 32: twice the mma per
+ *                                          fragment load, for the tensor-core-bound large-M problems)
+ * The host picks prefill when the launch averages >= kPrefillRowsPerGroup rows per expert. */
+struct DecodeVariant {
+    using Thin = Tile<16, 1, kSmemDecode>;
+    using Fat = Tile<64, 2, kSmemDecode>;
+    static constexpr int min_blocks = 2, smem = kSmemDecode;
+};
+struct PrefillVariant {
+    using Thin = Tile<16, 1, kSmemPrefill>;
+    using Fat = Tile<128, 2, kSmemPrefill>;
+    static constexpr int min_blocks = 1, smem = kSmemPrefill;
+};
+constexpr int kPrefillRowsPerGroup = 48;
 
 __host__ __device__ constexpr int pad_row(int bytes) { return (bytes / 16) % 2 == 0 ? bytes + 16 : bytes; }
 __host__ __device__ constexpr int round16(int bytes) { return (bytes + 15) / 16 * 16; }
@@ -124,29 +144,39 @@ __host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 __host__ __device__ constexpr int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 __host__ __device__ constexpr int a_bits_of(AKind a) { return a == AKind::BF16 ? 16 : a == AKind::INT4 ? 4 : 8; }
 
+// k per stage.  A thin (decode) tile is weight-streaming: each stage must fetch >= 128 contiguous bytes of every
+// weight row, because HBM serves short scattered runs (64 B or 32 B per row: w4 / w2 at k = 128) at a fraction of
+// its bandwidth (measured on the H100: 1.1 and 0.6 TB/s vs 2.4 for 128-256 B).  Fat tiles keep k = 128: their A
+// tile dominates the stage and they are bound by the tensor cores.
+__host__ __device__ constexpr int stage_k(int w_bits, bool thin) {
+    return !thin || w_bits >= 8 ? 128 : w_bits == 4 ? 256 : w_bits == 3 ? 384 : 512;
+}
+
 /* Byte layout of one pipeline stage of scheme ID with tile T (offsets into the stage's slot of shared memory). */
 template <int ID, class T>
 struct Stage {
     using S = Scheme<ID>;
+    static constexpr int BK = stage_k(S::W, T::thin);      // k per stage
+    static constexpr int groups = S::G > 0 ? BK / kGroup : 0;  // g128 groups per stage
     static constexpr int a_bits = a_bits_of(S::A);
-    static constexpr int a_row = T::BK * a_bits / 8, a_stride = pad_row(a_row);  // A [BM][a_stride]
-    static constexpr int w_row = T::BK * S::W / 8, w_stride = pad_row(w_row);    // W [BN][w_stride]
+    static constexpr int a_row = BK * a_bits / 8, a_stride = pad_row(a_row);  // A [BM][a_stride]
+    static constexpr int w_row = BK * S::W / 8, w_stride = pad_row(w_row);    // W [BN][w_stride]
     static constexpr int a_off = 0;
     static constexpr int w_off = a_off + T::BM * a_stride;
-    static constexpr int s_off = w_off + T::BN * w_stride;  // g128: f16 scales of the stage's group [BN]
-    static constexpr int s_bytes = S::G > 0 ? T::BN * 2 : 0;
-    static constexpr int z_off = s_off + s_bytes;  // g128 asym: u8 zeros [BN]
-    static constexpr int z_bytes = (S::G > 0 && !S::sym) ? T::BN : 0;
+    static constexpr int s_off = w_off + T::BN * w_stride;  // g128: f16 scales of the stage's groups [groups][BN]
+    static constexpr int s_bytes = groups * T::BN * 2;
+    static constexpr int z_off = s_off + s_bytes;  // g128 asym: u8 zeros [groups][BN]
+    static constexpr int z_bytes = S::sym ? 0 : groups * T::BN;
     static constexpr int bytes = round16(z_off + z_bytes);
-    static constexpr int stages = cmin(8, kSmemBytes / bytes);
+    static constexpr int stages = cmin(8, T::smem / bytes);
     static_assert(stages >= 2, "a stage does not fit twice in the shared-memory budget");
-    static_assert(S::G < 0 || S::G == T::BK, "a g128 stage must hold exactly one group");
+    static_assert(S::G < 0 || (S::G == kGroup && BK % kGroup == 0), "a g128 stage must hold whole groups");
 };
 
 /* ---- device-side schedule (workspace layout) ---- */
 struct TileGroup {       // one problem, in rank order (heaviest first)
     int32_t problem;     // index into the problem table
-    int32_t fat;         // 0: ThinTile, 1: FatTile
+    int32_t fat;         // 0: the variant's thin tile, 1: its fat tile
     int32_t rows;        // M of the problem's expert (clamped to [0, max_rows])
     int32_t tiles_n;     // ceil(n / BN)
     int64_t row0;        // first row of the expert in X and Y
@@ -207,8 +237,8 @@ __device__ __forceinline__ void load_stage(const TileJob &job, const mx_cuda_act
     using S = Scheme<ID>;
     using L = Stage<ID, T>;
     const mx_cuda_problem &p = *job.problem;
-    const int k0 = kt * T::BK;
-    const int k_valid = min(T::BK, p.k - k0);  // a multiple of 32
+    const int k0 = kt * L::BK;
+    const int k_valid = min(L::BK, p.k - k0);  // a multiple of 32
 
     // A: BM rows × a_row bytes; rows past the expert's M and k past K are zero-filled.
     const char *a = act_base<ID>(acts);
@@ -234,19 +264,24 @@ __device__ __forceinline__ void load_stage(const TileJob &job, const mx_cuda_act
         cp_async16(slot + L::w_off + r * L::w_stride + ch * 16, src, ok ? 16 : 0);
     }
 
-    if constexpr (S::G > 0) {  // this stage's group: scales[kt, n0 : n0 + BN], zeros likewise
+    if constexpr (S::G > 0) {  // this stage's groups: scales[group, n0 : n0 + BN], zeros likewise
+        const int group0 = k0 / kGroup, groups_valid = k_valid / kGroup;  // k_valid % 128 == 0 (k % 128 == 0)
         const char *s = static_cast<const char *>(p.scales);
-        for (int c = threadIdx.x; c < T::BN * 2 / 16; c += kThreads) {
-            const bool ok = job.n0 + c * 8 < p.n;
-            const char *src = ok ? s + ((int64_t)kt * p.n + job.n0 + c * 8) * 2 : s;
-            cp_async16(slot + L::s_off + c * 16, src, ok ? 16 : 0);
+        constexpr int s_chunks = T::BN * 2 / 16;
+        for (int c = threadIdx.x; c < L::groups * s_chunks; c += kThreads) {
+            const int gi = c / s_chunks, ch = c % s_chunks;
+            const bool ok = gi < groups_valid && job.n0 + ch * 8 < p.n;
+            const char *src = ok ? s + ((int64_t)(group0 + gi) * p.n + job.n0 + ch * 8) * 2 : s;
+            cp_async16(slot + L::s_off + gi * T::BN * 2 + ch * 16, src, ok ? 16 : 0);
         }
         if constexpr (!S::sym) {
             const char *z = static_cast<const char *>(p.zeros);
-            for (int c = threadIdx.x; c < T::BN / 16; c += kThreads) {
-                const bool ok = job.n0 + c * 16 < p.n;
-                const char *src = ok ? z + (int64_t)kt * p.n + job.n0 + c * 16 : z;
-                cp_async16(slot + L::z_off + c * 16, src, ok ? 16 : 0);
+            constexpr int z_chunks = T::BN / 16;
+            for (int c = threadIdx.x; c < L::groups * z_chunks; c += kThreads) {
+                const int gi = c / z_chunks, ch = c % z_chunks;
+                const bool ok = gi < groups_valid && job.n0 + ch * 16 < p.n;
+                const char *src = ok ? z + (int64_t)(group0 + gi) * p.n + job.n0 + ch * 16 : z;
+                cp_async16(slot + L::z_off + gi * T::BN + ch * 16, src, ok ? 16 : 0);
             }
         }
     }
@@ -306,18 +341,21 @@ __device__ __forceinline__ void compute_stage(Accum<ID, T> &r, const char *stage
     const int g = lane >> 2, t = lane & 3;
     const int wm0 = (warp / T::WARPS_N) * T::WM, wn0 = (warp % T::WARPS_N) * T::WN;
     constexpr bool grouped = S::G > 0;
-
-    if constexpr (grouped) {  // a fresh partial sum for this group
-#pragma unroll
-        for (int i = 0; i < T::MT; i++)
-#pragma unroll
-            for (int j = 0; j < T::NT; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) r.part[i][j][e] = 0;
-    }
+    constexpr int packs_per_group = kGroup / 32;
 
 #pragma unroll
-    for (int pack = 0; pack < T::BK / 32; pack++) {
+    for (int pack = 0; pack < L::BK / 32; pack++) {
+        const int gi = pack / packs_per_group;  // g128: the group of this pack within the stage
+        if constexpr (grouped) {
+            if (pack % packs_per_group == 0) {  // a fresh partial sum for each group
+#pragma unroll
+                for (int i = 0; i < T::MT; i++)
+#pragma unroll
+                    for (int j = 0; j < T::NT; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) r.part[i][j][e] = 0;
+            }
+        }
         if constexpr (S::mma == MmaKind::BF16) {
             // ---- bf16 micro-kernel (w16a16, wXa16): two k16 steps per pack ----
             uint32_t b[T::NT][2][2];
@@ -333,7 +371,7 @@ __device__ __forceinline__ void compute_stage(Accum<ID, T> &r, const char *stage
                     const int row = wn0 + j * 8 + g;
                     int z;
                     if constexpr (S::sym) z = 1 << (S::W - 1);
-                    else if constexpr (grouped) z = reinterpret_cast<const uint8_t *>(stage + L::z_off)[row];
+                    else if constexpr (grouped) z = reinterpret_cast<const uint8_t *>(stage + L::z_off)[gi * T::BN + row];
                     else z = z_col[j];
                     wxa16_b_frag<ID, T>(b[j], stage + L::w_off + row * L::w_stride, pack, t, bf16x2_128_plus(z));
                 }
@@ -368,14 +406,14 @@ __device__ __forceinline__ void compute_stage(Accum<ID, T> &r, const char *stage
                 } else {  // W == 4: 16 bits at byte 2t and 8 + 2t of the 16-byte pack
                     const uint32_t w0 = *reinterpret_cast<const uint32_t *>(rp + pack * 16 + 4 * (t >> 1));
                     const uint32_t w1 = *reinterpret_cast<const uint32_t *>(rp + pack * 16 + 8 + 4 * (t >> 1));
-                    const int sh = 16 * (t & 1);
+                    const uint32_t sel = (t & 1) ? 0x3322u : 0x1100u;  // the word's low or high 16 bits
                     int z;
                     if constexpr (S::sym) z = 8;
-                    else if constexpr (grouped) z = reinterpret_cast<const uint8_t *>(stage + L::z_off)[row];
+                    else if constexpr (grouped) z = reinterpret_cast<const uint8_t *>(stage + L::z_off)[gi * T::BN + row];
                     else z = z_col[j];
                     const uint32_t z4 = 0x01010101u * static_cast<uint32_t>(z);
-                    b[j][0] = vsub4(spread_nib4((w0 >> sh) & 0xFFFFu), z4);
-                    b[j][1] = vsub4(spread_nib4((w1 >> sh) & 0xFFFFu), z4);
+                    b[j][0] = u4x4_minus_z(w0, sel, z4);
+                    b[j][1] = u4x4_minus_z(w1, sel, z4);
                 }
             }
 #pragma unroll
@@ -384,11 +422,12 @@ __device__ __forceinline__ void compute_stage(Accum<ID, T> &r, const char *stage
                 if constexpr (S::A == AKind::INT4) {  // 16 packed bytes per row per pack; unpack to int8
                     const char *r0 = stage + L::a_off + (wm0 + i * 16 + g) * L::a_stride + pack * 16;
                     const char *r1 = r0 + 8 * L::a_stride;
-                    const int sh = 16 * (t & 1), off = 4 * (t >> 1);
-                    a[0] = int4x4_to_int8x4((*reinterpret_cast<const uint32_t *>(r0 + off) >> sh) & 0xFFFFu);
-                    a[1] = int4x4_to_int8x4((*reinterpret_cast<const uint32_t *>(r1 + off) >> sh) & 0xFFFFu);
-                    a[2] = int4x4_to_int8x4((*reinterpret_cast<const uint32_t *>(r0 + 8 + off) >> sh) & 0xFFFFu);
-                    a[3] = int4x4_to_int8x4((*reinterpret_cast<const uint32_t *>(r1 + 8 + off) >> sh) & 0xFFFFu);
+                    const uint32_t sel = (t & 1) ? 0x3322u : 0x1100u;
+                    const int off = 4 * (t >> 1);
+                    a[0] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r0 + off), sel);
+                    a[1] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r1 + off), sel);
+                    a[2] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r0 + 8 + off), sel);
+                    a[3] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r1 + 8 + off), sel);
                 } else {
                     const int row = wm0 + i * 16 + (lane & 15);
                     ldmatrix_x4(a, slot + L::a_off + row * L::a_stride + pack * 32 + (lane >> 4) * 16);
@@ -400,22 +439,24 @@ __device__ __forceinline__ void compute_stage(Accum<ID, T> &r, const char *stage
                 }
             }
         }
-    }
 
-    if constexpr (grouped) {  // fold the group: acc += part × s[group, column]
-        const __half *sc = reinterpret_cast<const __half *>(stage + L::s_off);
+        if constexpr (grouped) {
+            if (pack % packs_per_group == packs_per_group - 1) {  // fold the group: acc += part × s[group, column]
+                const __half *sc = reinterpret_cast<const __half *>(stage + L::s_off) + gi * T::BN;
 #pragma unroll
-        for (int j = 0; j < T::NT; j++) {
-            const float2 s = __half22float2(*reinterpret_cast<const __half2 *>(sc + wn0 + j * 8 + 2 * t));
+                for (int j = 0; j < T::NT; j++) {
+                    const float2 s = __half22float2(*reinterpret_cast<const __half2 *>(sc + wn0 + j * 8 + 2 * t));
 #pragma unroll
-            for (int i = 0; i < T::MT; i++)
+                    for (int i = 0; i < T::MT; i++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float v;
-                    if constexpr (Accum<ID, T>::int_sums) v = small_int_to_float(r.part[i][j][e]);
-                    else v = r.part[i][j][e];
-                    r.acc[i][j][e] = fmaf(v, (e & 1) ? s.y : s.x, r.acc[i][j][e]);
+                        for (int e = 0; e < 4; e++) {
+                            float v;
+                            if constexpr (Accum<ID, T>::int_sums) v = small_int_to_float(r.part[i][j][e]);
+                            else v = r.part[i][j][e];
+                            r.acc[i][j][e] = fmaf(v, (e & 1) ? s.y : s.x, r.acc[i][j][e]);
+                        }
                 }
+            }
         }
     }
 }
@@ -467,7 +508,7 @@ __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activati
     using L = Stage<ID, T>;
     constexpr int stages = L::stages;
     const mx_cuda_problem &p = *job.problem;
-    const int k_tiles = (p.k + T::BK - 1) / T::BK;
+    const int k_tiles = (p.k + L::BK - 1) / L::BK;
     const uint32_t smem0 = smem_u32(smem);
 
     Accum<ID, T> r;
@@ -514,22 +555,24 @@ __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activati
     epilogue<ID, T>(r, job, acts, y, ldy);
 }
 
-template <int ID>
+template <int ID, class V>
 __device__ __forceinline__ void run_tile_any(bool fat, const TileJob &job, const mx_cuda_activations &acts,
                                              uint16_t *y, int64_t ldy, char *smem) {
-    if (fat) run_tile<ID, FatTile>(job, acts, y, ldy, smem);
-    else run_tile<ID, ThinTile>(job, acts, y, ldy, smem);
+    if (fat) run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
+    else run_tile<ID, typename V::Thin>(job, acts, y, ldy, smem);
 }
 
 /* ======================================== kernels ======================================== */
 
 // The persistent GEMM: claim tiles heaviest-first until the list is exhausted.
-__global__ void __launch_bounds__(kThreads, 2)
+template <class V>
+__global__ void __launch_bounds__(kThreads, V::min_blocks)
     fused_grouped_gemm_kernel(const mx_cuda_problem *__restrict__ problems, Schedule sched,
                               const mx_cuda_activations acts, uint16_t *__restrict__ y, int64_t ldy,
                               int32_t n_problems) {
     extern __shared__ __align__(128) char smem[];
     __shared__ int claimed;
+    grid_dependency_wait();  // launched early (programmatic dependent launch): wait for the schedule kernel
     const int total = *sched.total;
     for (;;) {
         if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
@@ -547,7 +590,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         }
         const TileGroup grp = sched.groups[lo];
         const int local = tile - sched.tile_start[lo];
-        const int bm = grp.fat ? FatTile::BM : ThinTile::BM;
+        const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
         const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
         TileJob job;
         job.problem = problems + grp.problem;
@@ -557,26 +600,25 @@ __global__ void __launch_bounds__(kThreads, 2)
         const bool fat = grp.fat != 0;
 
         switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
-        case MX_SCHEME_W16A16: run_tile_any<MX_SCHEME_W16A16>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A16_GN1_SYM: run_tile_any<MX_SCHEME_W8A16_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A16_GN1_ASYM: run_tile_any<MX_SCHEME_W4A16_GN1_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A16_G128_ASYM: run_tile_any<MX_SCHEME_W4A16_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W3A16_G128_ASYM: run_tile_any<MX_SCHEME_W3A16_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W2A16_G128_ASYM: run_tile_any<MX_SCHEME_W2A16_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A8_GN1_SYM: run_tile_any<MX_SCHEME_W8A8_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A8_GN1_SYM_FP8: run_tile_any<MX_SCHEME_W8A8_GN1_SYM_FP8>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A8_GN1_SYM: run_tile_any<MX_SCHEME_W4A8_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A8_G128_ASYM: run_tile_any<MX_SCHEME_W4A8_G128_ASYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A4_GN1_SYM: run_tile_any<MX_SCHEME_W4A4_GN1_SYM>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A4_G128_SYM: run_tile_any<MX_SCHEME_W4A4_G128_SYM>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W16A16: run_tile_any<MX_SCHEME_W16A16, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A16_GN1_SYM: run_tile_any<MX_SCHEME_W8A16_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_GN1_ASYM: run_tile_any<MX_SCHEME_W4A16_GN1_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_G128_ASYM: run_tile_any<MX_SCHEME_W4A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W3A16_G128_ASYM: run_tile_any<MX_SCHEME_W3A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W2A16_G128_ASYM: run_tile_any<MX_SCHEME_W2A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM: run_tile_any<MX_SCHEME_W8A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM_FP8: run_tile_any<MX_SCHEME_W8A8_GN1_SYM_FP8, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_GN1_SYM: run_tile_any<MX_SCHEME_W4A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_G128_ASYM: run_tile_any<MX_SCHEME_W4A8_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_GN1_SYM: run_tile_any<MX_SCHEME_W4A4_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_G128_SYM: run_tile_any<MX_SCHEME_W4A4_G128_SYM, V>(fat, job, acts, y, ldy, smem); break;
         default: break;  // unreachable: the host checked the table
         }
     }
 }
 
 // Predicted time of one tile in ns on one SM (sorting key only): bytes at an SM's share of HBM + mma time.
-__device__ float tile_cost_ns(const mx_cuda_problem &p, bool fat) {
-    const int bm = fat ? FatTile::BM : ThinTile::BM;
+__device__ float tile_cost_ns(const mx_cuda_problem &p, int bm) {
     int w_bits = 16, a_bits = 16;
     bool int_mma = false;
     switch (p.scheme_id) {
@@ -600,14 +642,15 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, bool fat) {
 }
 
 // One block: rows per problem from the device row offsets, rank by per-tile cost, prefix-sum the tile counts,
-// reset the claim counter.  n_problems <= 1024 = blockDim.x.
+// reset the claim counter.  n_problems <= 1024 = blockDim.x.  fat_bm: the launched variant's fat tile rows.
 __global__ void __launch_bounds__(1024)
     schedule_kernel(const mx_cuda_problem *__restrict__ problems, int32_t n_problems,
-                    const int32_t *__restrict__ row_offsets, int64_t max_rows, Schedule sched) {
+                    const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, Schedule sched) {
     __shared__ float cost[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int warp_sums[32];
     const int tid = threadIdx.x;
+    launch_dependents();  // let the GEMM's CTAs start now; they wait in grid_dependency_wait for our results
     TileGroup mine{};
     int my_tiles = 0;
     if (tid < n_problems) {
@@ -619,9 +662,9 @@ __global__ void __launch_bounds__(1024)
         mine.row0 = lo;
         mine.fat = mine.rows > kThinMaxRows;
         mine.tiles_n = (p.n + kBN - 1) / kBN;
-        const int bm = mine.fat ? FatTile::BM : ThinTile::BM;
+        const int bm = mine.fat ? fat_bm : kThinMaxRows;
         my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
-        cost[tid] = my_tiles > 0 ? tile_cost_ns(p, mine.fat) : 0.f;
+        cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm) : 0.f;
     }
     __syncthreads();
     int rank = 0;
@@ -728,6 +771,28 @@ extern "C" size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_probl
     return (mx::schedule_bytes(n_problems) + 255) / 256 * 256;
 }
 
+// Launch one variant of the persistent kernel: one grid of min_blocks CTAs per SM, optionally as a programmatic
+// dependent of the schedule kernel before it on the stream.
+template <class V>
+static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule sched, const mx_cuda_activations *acts,
+                                uint16_t *d_y, int64_t ldy, int32_t n_problems, int sms, cudaStream_t s, bool pdl) {
+    cudaError_t e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         V::smem);
+    if (e != cudaSuccess) return e;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(sms * V::min_blocks);
+    config.blockDim = dim3(mx::kThreads);
+    config.dynamicSmemBytes = V::smem;
+    config.stream = s;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = pdl ? 1 : 0;
+    e = cudaLaunchKernelEx(&config, mx::fused_grouped_gemm_kernel<V>, d_problems, sched, *acts, d_y, ldy, n_problems);
+    return e != cudaSuccess ? e : cudaGetLastError();
+}
+
 extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
                                              const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
                                              const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
@@ -772,15 +837,19 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
             return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld must be a multiple of %d for %s rows",
                                 (long long)acts->ld, ld_multiple[f], format_names[f]);
     }
-    int device = 0, sms = 0, major = 0, minor = 0;
+    int device = 0, sms = 0, major = 0, minor = 0, smem_optin = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "device query: %s", cudaGetErrorString(e));
     if (major * 10 + minor < 80)
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs sm_80 or newer, device is sm_%d%d", major,
                             minor);
+    if (smem_optin < mx::DecodeVariant::smem)
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs %d bytes of shared memory per block, device "
+                            "sm_%d%d offers %d", mx::DecodeVariant::smem, major, minor, smem_optin);
     if ((info->formats_mask & (1 << MX_CUDA_ACT_FP8)) && major * 10 + minor < 89)
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
                             "sm_%d%d", major, minor);
@@ -788,15 +857,27 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
     // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM) ----
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     mx::Schedule sched = mx::schedule_view(d_workspace, n_problems);
-    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, sched);
+    // Variant: prefill (big fat tiles, 1 CTA/SM) when the launch averages many rows per expert and the device has
+    // the shared memory for it (Hopper; an A100 runs the decode variant throughout), else decode.
+    const bool prefill = max_rows >= (int64_t)mx::kPrefillRowsPerGroup * n_groups &&
+                         smem_optin >= mx::PrefillVariant::smem;
+    const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
+    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm, sched);
     e = cudaGetLastError();
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
-    e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             mx::kSmemBytes);
-    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "shared-memory attribute: %s", cudaGetErrorString(e));
-    mx::fused_grouped_gemm_kernel<<<2 * sms, mx::kThreads, mx::kSmemBytes, s>>>(d_problems, sched, *acts, d_y, ldy,
-                                                                               n_problems);
-    e = cudaGetLastError();
+    // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency
+    // to hide); a runtime that refuses the attribute gets the plain launch.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    e = cudaStreamIsCapturing(s, &capture);
+    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "stream query: %s", cudaGetErrorString(e));
+    const bool pdl = major >= 9 && capture == cudaStreamCaptureStatusNone;
+    e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl)
+                : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl);
+    if (e != cudaSuccess && pdl) {
+        (void)cudaGetLastError();
+        e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false)
+                    : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false);
+    }
     if (e != cudaSuccess)
         return mx_error_set(err, MX_ERR_CUDA, "fused GEMM launch (%d problems, max_rows=%lld): %s", n_problems,
                             (long long)max_rows, cudaGetErrorString(e));

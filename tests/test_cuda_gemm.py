@@ -156,11 +156,12 @@ def _tol(scheme_name: str) -> float:
 
 
 def enumerate_expert_rows():
-    """Rows per expert: empty experts, 1 row, 17 rows (thin tile, M tail), one expert taking everything, and
-    fat tiles with an M tail (130 = 2 * 64 + 2)."""
+    """Rows per expert: empty experts, 1 row, 17 rows (the first fat tile), one expert taking everything (70 = 64 + 6,
+    an M tail), and a launch averaging >= 48 rows per expert, which runs the prefill variant (128-row fat tiles:
+    300 = 2 * 128 + 44) with a thin expert (3 rows) in it."""
     yield [0, 1, 17, 5]
     yield [0, 0, 70, 0]
-    yield [3, 130, 0, 40]
+    yield [3, 300, 0, 40]
 
 
 @needs_gpu
@@ -169,9 +170,11 @@ def enumerate_expert_rows():
 def test_gemm_fused_per_scheme(scheme_name, case):
     scheme = mxmoe.as_scheme(scheme_name)
     expert_rows = list(enumerate_expert_rows())[case]
-    # K off the 128 tile where the scheme allows it (per-channel: 160 = 128 + 32); N = 144 is off the 128 tile
-    k = 160 if _k_multiple(scheme) == 32 else 256
-    n = 144
+    # K off every stage size (128, and 256 / 384 / 512 for thin sub-8-bit tiles): 160 = 128 + 32 and 288 for
+    # per-channel schemes, 256 and 640 for g128; 1408 is Qwen1.5-MoE's expert width.  N = 144 and 272 are off the
+    # 128-column tile.
+    k = (160, 288, 1408)[case] if _k_multiple(scheme) == 32 else (256, 640, 1408)[case]
+    n = (144, 144, 272)[case]
     x = _random_x(sum(expert_rows), k, seed=case)
     problems = [(scheme_name, e, n, 16) for e in range(len(expert_rows))]
     layer = Layer(x, expert_rows, problems, seed=case + 10)
@@ -179,10 +182,12 @@ def test_gemm_fused_per_scheme(scheme_name, case):
 
 
 @needs_gpu
-def test_gemm_fused_mixed():
+@pytest.mark.parametrize("expert_rows", [[2, 0, 33, 1, 16, 90], [200, 0, 33, 1, 16, 190]],
+                         ids=["decode-variant", "prefill-variant"])
+def test_gemm_fused_mixed(expert_rows):
     """One launch, every candidate scheme at once: gate and up of one expert in different schemes side by side in
-    Y's columns (up narrower, leaving a column gap that must stay untouched), thin and fat tiles, a long K."""
-    expert_rows = [2, 0, 33, 1, 16, 90]
+    Y's columns (up narrower, leaving a column gap that must stay untouched), thin and fat tiles, a long K; in both
+    kernel variants (the second averages >= 48 rows per expert)."""
     k = 2048
     x = _random_x(sum(expert_rows), k, seed=7)
     problems = []
