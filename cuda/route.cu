@@ -517,7 +517,8 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) x[v][i] = g[i] / (1.f + expf(-g[i])) * u[i]; // SiLU(g)·u in f32
     }
-    if (use_hadamard) hadamard_rotate<VPT>(x, valid, I, had, had_smem);
+    if (use_hadamard && (had.d_group_mask == nullptr || (group >= 0 && had.d_group_mask[group])))
+        hadamard_rotate<VPT>(x, valid, I, had, had_smem); // block-uniform condition: the barriers inside are safe
     float amax = 0.f;
 #pragma unroll
     for (int v = 0; v < VPT; ++v) {
@@ -721,7 +722,7 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
     if (n_rows > 0 && (!d_gate_up || !aligned16(d_gate_up) || !d_row_offsets))
         return route_error(err, MX_ERR_INVALID_ARG, "%s: gate_up must be a 16-byte aligned device pointer and "
                            "row_offsets non-NULL", fn);
-    mx_cuda_hadamard had = {nullptr, nullptr, 1};
+    mx_cuda_hadamard had = {nullptr, nullptr, 1, nullptr};
     size_t smem = 0;
     if (hadamard) {
         had = *hadamard;

@@ -484,3 +484,55 @@ def test_layer_online_hadamard():
                            hadamard=(signs, base))  # no gate logits given: the shared expert's gate is 1
     rel = np.linalg.norm(out.float().cpu().numpy() - want) / np.linalg.norm(want)
     assert rel < LAYER_REL_TOL, f"relative error {rel:.3e}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers integration: MxMoEExperts / MxMoELinear on CUDA vs the same modules on CPU (the C reference path)
+# ---------------------------------------------------------------------------------------------------------------
+
+# The CPU modules keep f32 intermediates (gate/up outputs, h, the rotated input) where the GPU keeps bf16 tensors,
+# so an int8 activation code can differ by one where a value sits near a rounding boundary (about 1% of the norm
+# of a w8a8 block's output at worst, diluted by the a16 blocks); bf16 outputs add 2^-9.
+MODULE_REL_TOL = 3e-2
+
+
+def test_experts_forward_matches_cpu_module():
+    from mxmoe.experts import MxMoEExperts
+
+    rng = np.random.default_rng(31)
+    E, k, H, I, T = 8, 2, 256, 128, 19
+    experts, _ = make_layer_weights(rng, E, H, I, I, 0)
+    module = MxMoEExperts.from_quantized(experts, act_fn="silu", down_hadamard=[e % 2 == 0 for e in range(E)],
+                                         hadamard_seed=5)
+    hidden = torch.from_numpy(rng.standard_normal((T, H)).astype(np.float32)).to(torch.bfloat16)
+    idx = torch.from_numpy(np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int64))
+    w = torch.from_numpy(rng.random((T, k)).astype(np.float32))
+    want = module(hidden, idx, w).float()
+    module_gpu = module.to(DEV)
+    got = module_gpu(hidden.to(DEV), idx.to(DEV), w.to(DEV))
+    torch.cuda.synchronize()
+    assert got.dtype == hidden.dtype and got.shape == (T, H)
+    rel = ((got.float().cpu() - want).norm() / want.norm()).item()
+    assert rel < MODULE_REL_TOL, f"MxMoEExperts CUDA vs CPU: relative error {rel:.3e}"
+    again = module_gpu(hidden.to(DEV), idx.to(DEV), w.to(DEV))  # cached layer: same result
+    assert torch.equal(again, got) or ((again.float() - got.float()).norm() / got.float().norm()).item() < 1e-3
+
+
+@pytest.mark.parametrize("scheme,rotate", [("w8a8_g-1_sym", True), ("w4a16_g128_asym", False),
+                                           ("w8a8_g-1_sym_fp8", False)])
+def test_linear_forward_matches_cpu_module(scheme, rotate):
+    from mxmoe.experts import MxMoELinear
+
+    rng = np.random.default_rng(32)
+    N, K = 512, 256
+    weight = mxmoe.quantize_rtn((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32), scheme)
+    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(torch.bfloat16)
+    module = MxMoELinear.from_quantized(weight, bias=bias, input_hadamard=rotate, hadamard_seed=3)
+    x = torch.from_numpy(rng.standard_normal((4, 3, K)).astype(np.float32)).to(torch.bfloat16)
+    want = module(x).float()
+    got = module.to(DEV)(x.to(DEV))
+    torch.cuda.synchronize()
+    assert got.shape == (4, 3, N) and got.dtype == x.dtype
+    rel = ((got.float().cpu() - want).norm() / want.norm()).item()
+    assert rel < MODULE_REL_TOL, f"MxMoELinear {scheme} CUDA vs CPU: relative error {rel:.3e}"
+    assert module(x[:0].to(DEV)).shape == (0, 3, N)
