@@ -6,6 +6,10 @@ cuda/sm90_mixed_grouped_gemm.cu).
                          shared_experts=[(gate_qw, up_qw, down_qw)])          # once: upload, problem tables
     out = layer(hidden, top_k_index, top_k_weights, shared_gate_logits=g)   # [T, H] bf16, no host sync
 
+mxmoe.experts.MxMoEExperts / MxMoELinear call ``experts_forward`` / ``linear_forward`` on CUDA tensors: the layer
+(or one fused GEMM, ``LinearCUDA``) is built on first use over zero-copy views of the module's packed buffer and
+cached on the module; the online Hadamard of down's inputs follows the module's per-expert flags and seed.
+
 Everything that can be decided once is decided in the constructor: packed weights are uploaded, the device problem
 tables of the two fused launches are built, and the activation formats each expert group reads are fixed.
 Per call the host work is O(1) Python plus 6-7 kernel launches on the current stream; scratch buffers are cached
