@@ -187,7 +187,7 @@ class _Workbench:
             return quantize(model, self.windows, plan=plan, method=config["method"], rotate=False,
                             prerotated=rotated, profile=prof, seed=self.seed)
         from .model import candidate_pool, make_plan
-        candidates = candidate_pool(prof, config["abits"])
+        candidates = candidate_pool(prof, config["abits"], config.get("candidates"))
         plan = make_plan(model, prof, config["wbits"], abits=config["abits"], r=config["r"], candidates=candidates,
                          seed=self.seed, loss=self.loss(rotated, candidates))
         return quantize(model, self.windows, plan=plan, method=config["method"], rotate=False, prerotated=rotated,
@@ -278,6 +278,11 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
     return 0
 
 
+# the demo's candidate set: the four weight-only schemes that matter at 2-4 bits (the loss table is computed per
+# candidate, so fewer candidates keep the demo within minutes on a 2-core CPU)
+DEMO_CANDIDATES = ("w2a16_g128_asym", "w3a16_g128_asym", "w4a16_g128_asym", "w8a16_g-1_sym")
+
+
 def run_demo(out_dir: str = "out/qwen2moe-mini-mxmoe", wbits: float = 3.25, n_samples: int = 32,
              max_windows: int = 40) -> int:
     """The README's main job: quantize the bundled mini model at ``wbits`` and compare with bf16 and uniform GPTQ
@@ -295,7 +300,7 @@ def run_demo(out_dir: str = "out/qwen2moe-mini-mxmoe", wbits: float = 3.25, n_sa
     bench = _Workbench(model_dir, calib_text, n_samples)
     print("[2/4] rotating, profiling and allocating", flush=True)
     mx_config = {"name": f"mxmoe w{wbits} r0.75", "kind": "mxmoe", "wbits": wbits, "abits": None, "r": 0.75,
-                 "method": "gptq", "rotate": True}
+                 "method": "gptq", "rotate": True, "candidates": DEMO_CANDIDATES}
     mx_model = bench.build(mx_config)
     print(mx_model.mxmoe_plan.summary())
     uniform = {2.25: "w2a16_g128_asym", 3.25: "w3a16_g128_asym", 4.25: "w4a16_g128_asym"}
