@@ -47,25 +47,38 @@ def find_nvcc() -> str | None:
     return None
 
 
+def find_cuda_home(nvcc: str) -> str:
+    """The toolkit root holding include/cuda_runtime.h (nvcc on the PATH may be a wrapper script elsewhere)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+    for c in candidates:
+        if c and os.path.exists(os.path.join(c, "include", "cuda_runtime.h")):
+            return c
+    raise RuntimeError(f"nvcc found at {nvcc} but no CUDA toolkit with include/cuda_runtime.h; set CUDA_HOME")
+
+
 class BuildExt(build_ext):
     """Compiles cuda/*.cu with nvcc before linking mxmoe._cuda; records why _cuda is absent when it is."""
 
     def build_extensions(self):
         self.build_info = {"cuda_built": False, "cuda_reason": ""}
+        self.nvcc = find_nvcc()
+        skip_reason = ""
+        if os.environ.get("MXMOE_NO_CUDA") == "1":
+            skip_reason = "MXMOE_NO_CUDA=1 was set when mxmoe was built"
+        elif self.nvcc is None:
+            skip_reason = "nvcc was not found when mxmoe was built (install the CUDA Toolkit, then reinstall mxmoe)"
+        if skip_reason:
+            # Drop the extension itself: setuptools would otherwise try to copy a library that was never built.
+            self.extensions = [e for e in self.extensions if e.name != "mxmoe._cuda"]
+            self.build_info["cuda_reason"] = skip_reason
         super().build_extensions()
         self._write_build_info()
 
     def build_extension(self, ext):
         if ext.name != "mxmoe._cuda":
             return super().build_extension(ext)
-        nvcc = find_nvcc()
-        if os.environ.get("MXMOE_NO_CUDA") == "1":
-            self.build_info["cuda_reason"] = "MXMOE_NO_CUDA=1 was set when mxmoe was built"
-            return
-        if nvcc is None:
-            self.build_info["cuda_reason"] = "nvcc was not found when mxmoe was built (install the CUDA Toolkit, " \
-                                             "then reinstall mxmoe)"
-            return
+        nvcc = self.nvcc
         archs = os.environ.get("MXMOE_CUDA_ARCHS", "90a;80;89").split(";")
         gencode = []
         for arch in filter(None, archs):
@@ -73,14 +86,15 @@ class BuildExt(build_ext):
         build_tmp = os.path.join(self.build_temp, "cuda")
         os.makedirs(build_tmp, exist_ok=True)
         objects = []
-        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        cuda_home = find_cuda_home(nvcc)
         for source in sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu"))):
             obj = os.path.join(build_tmp, os.path.basename(source) + ".o")
-            if not (os.path.exists(obj) and os.path.getmtime(obj) >= max(
-                    os.path.getmtime(p) for p in [source] + glob.glob(os.path.join(ROOT, "cuda", "*.cuh"))
-                    + glob.glob(os.path.join(ROOT, "csrc", "*.h")))):
+            dependencies = [source] + [p for pattern in ("cuda/*.cuh", "cuda/*.h", "csrc/*.h")
+                                       for p in glob.glob(os.path.join(ROOT, pattern))]
+            if not (os.path.exists(obj) and os.path.getmtime(obj) >= max(map(os.path.getmtime, dependencies))):
                 cmd = [nvcc, "-c", source, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
                        "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr", "-lineinfo",
+                       f"--threads={min(len(archs), os.cpu_count() or 1)}",
                        f"-I{os.path.join(ROOT, 'csrc')}", f"-I{os.path.join(ROOT, 'cuda')}"] + gencode
                 print(" ".join(cmd), flush=True)
                 subprocess.check_call(cmd)

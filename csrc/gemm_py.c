@@ -51,9 +51,15 @@ static PyObject *py_ref_group_gemm(PyObject *self, PyObject *args) {
     int n_threads = 0;
     mx_gemm_problem *problems = NULL;
     if (!PyArg_ParseTuple(args, "O|i", &seq_obj, &n_threads)) return NULL;
-    seq = PySequence_Fast(seq_obj, "problems must be a sequence of (x, qweight, scales, zeros, N, K, scheme)");
+    /* a private tuple: the items (and through them the arrays) stay alive while the GIL is released, even if
+     * another thread mutates the caller's list */
+    if (!PySequence_Check(seq_obj)) {
+        PyErr_SetString(PyExc_TypeError, "problems must be a sequence of (x, qweight, scales, zeros, N, K, scheme)");
+        return NULL;
+    }
+    seq = PySequence_Tuple(seq_obj);
     if (!seq) return NULL;
-    const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    const Py_ssize_t count = PyTuple_GET_SIZE(seq);
     problems = PyMem_Calloc((size_t)(count > 0 ? count : 1), sizeof *problems);
     outputs = PyList_New(count);
     if (!problems || !outputs) {
@@ -61,7 +67,7 @@ static PyObject *py_ref_group_gemm(PyObject *self, PyObject *args) {
         goto fail;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i); /* borrowed; `seq` keeps it alive */
+        PyObject *item = PyTuple_GET_ITEM(seq, i); /* borrowed; `seq` keeps it alive */
         PyObject *x_obj, *q_obj, *s_obj, *z_obj;
         long long N, K;
         mx_scheme scheme;

@@ -28,8 +28,13 @@
 
 #define MX_MR 6   /* rows of the register tile */
 #define MX_KC 256 /* depth slice: a [KC, NR] slice of B stays in L1 across the row tiles */
-#define MX_RB 96  /* rows per parallel task (16 register tiles) */
+#define MX_RB 48  /* rows per parallel task (8 register tiles) */
 #define MX_CB 128 /* columns per parallel task */
+
+/* Least multiply-adds for which a loop goes parallel.  This machine class (2 cores shared with other jobs, plus
+ * OpenBLAS / torch thread pools spinning in the same process) can deschedule one of our threads for a whole time
+ * slice (ms), so a parallel region must carry several ms of work to pay for its barrier. */
+#define MX_PARALLEL_MIN_WORK (1 << 22)
 
 static int cpu_has_avx2_fma(void) {
 #if MX_HAVE_X86 && defined(__GNUC__)
@@ -124,15 +129,16 @@ __attribute__((target("avx2,fma"))) static void micro_f64_avx2(int64_t kd, const
                 }                                                                                                \
             }                                                                                                    \
         }                                                                                                        \
-    }                                                                                                            \
-                                                                                                                 \
-    /* Parallel over RB x CB tasks (serial below 256 K multiply-adds). */                                        \
+    }
+
+/* Parallel over RB x CB tasks (serial below MX_PARALLEL_MIN_WORK multiply-adds). */
+#define MX_DEFINE_GEMM_PARALLEL(T, SUFFIX)                                                                       \
     static void gemm_sub_##SUFFIX(int64_t rows, int64_t cols, int64_t kd, const T *A, int64_t lda, const T *B,   \
                                   int64_t ldb, T *C, int64_t ldc) {                                              \
         if (rows <= 0 || cols <= 0 || kd <= 0) return;                                                           \
         const int avx = cpu_has_avx2_fma();                                                                      \
         const int64_t row_tasks = (rows + MX_RB - 1) / MX_RB, col_tasks = (cols + MX_CB - 1) / MX_CB;            \
-        _Pragma("omp parallel for collapse(2) schedule(dynamic) if (rows * cols * kd > (1 << 18))")              \
+        _Pragma("omp parallel for collapse(2) schedule(dynamic) if (rows * cols * kd > MX_PARALLEL_MIN_WORK)") \
         for (int64_t rt = 0; rt < row_tasks; rt++)                                                               \
             for (int64_t ct = 0; ct < col_tasks; ct++) {                                                         \
                 const int64_t r0 = rt * MX_RB, c0 = ct * MX_CB;                                                  \
@@ -148,12 +154,13 @@ __attribute__((target("avx2,fma"))) static void micro_f64_avx2(int64_t kd, const
 #endif
 MX_DEFINE_GEMM(float, f32, 16)
 MX_DEFINE_GEMM(double, f64, 8)
+MX_DEFINE_GEMM_PARALLEL(double, f64)
 
 /* ------------------------------------------------------------------------------------------------------------
  * Cholesky and triangular inverse (f64, blocked by MX_NB columns).
  * ---------------------------------------------------------------------------------------------------------- */
 
-#define MX_NB 64
+#define MX_NB 128
 
 // A: [n, n] f64 symmetric (lower triangle read) -> its lower Cholesky factor L in the lower triangle.
 // work: [MX_NB * n + MX_NB * MX_NB].  Returns -1, or the first index whose pivot is not > min_pivot.
@@ -182,7 +189,7 @@ static int64_t cholesky_lower(double *A, int64_t n, double min_pivot, double *wo
         for (int64_t j = 0; j < nb; j++)
             for (int64_t k = 0; k <= j; k++) L11t[k * nb + j] = A[(jb + j) * n + jb + k];
         /* rows below: x L11^T = a, forward substitution in axpy form (vectorizes without reassociation) */
-#pragma omp parallel for schedule(static) if ((n - jb - nb) * nb * nb > (1 << 16))
+#pragma omp parallel for schedule(dynamic, 16) if ((n - jb - nb) * nb * nb / 2 > MX_PARALLEL_MIN_WORK)
         for (int64_t i = jb + nb; i < n; i++) {
             double *x = A + i * n + jb;
             for (int64_t j = 0; j < nb; j++) {
@@ -213,7 +220,7 @@ static void tri_inverse_lower(const double *L, int64_t n, double *X, double *wor
         double *T = work; /* [nb, ib] <- -(L[I, :I] X[:I, :I]); column block J only sees rows K >= J of X */
         memset(T, 0, sizeof(double) * (size_t)(nb * ib));
         const int avx = cpu_has_avx2_fma();
-#pragma omp parallel for schedule(dynamic) if (nb * ib * ib > (1 << 18))
+#pragma omp parallel for schedule(dynamic) if (nb * ib * ib / 2 > MX_PARALLEL_MIN_WORK)
         for (int64_t jb = 0; jb < ib; jb += MX_NB)
             gemm_tile_f64(avx, nb, MX_NB, ib - jb, L + ib * n + jb, n, X + jb * n + jb, n, T + jb, ib);
         /* X[I, :I] = X_II T (T already carries the minus sign): compute -(X_II T) and negate */
@@ -262,6 +269,23 @@ cleanup:
     return st;
 }
 
+// w[j] -= e * h[j] for j < len (multiply, then subtract: identical rounding on both paths, no FMA)
+#if MX_HAVE_X86 && defined(__GNUC__)
+__attribute__((target("avx2"))) static void row_update_avx2(float *w, float e, const float *h, int64_t len) {
+    const __m256 ev = _mm256_set1_ps(e);
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8)
+        _mm256_storeu_ps(w + j, _mm256_sub_ps(_mm256_loadu_ps(w + j), _mm256_mul_ps(ev, _mm256_loadu_ps(h + j))));
+    for (; j < len; j++) w[j] -= e * h[j];
+}
+#else
+#define row_update_avx2 row_update_generic
+#endif
+
+static void row_update_generic(float *w, float e, const float *h, int64_t len) {
+    for (int64_t j = 0; j < len; j++) w[j] -= e * h[j];
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * The GPTQ core: Algorithm 1 of the paper with lazy batch updates, in processing order.
  *
@@ -272,16 +296,19 @@ cleanup:
  *         when the group's block starts (scales_f16 receives the stored f16 value)
  * Err:    [N, B] f32 scratch, the scaled errors of the current block
  * codes:  [N, K] u8 out, in original column order
- * Rows are independent inside a block (each row's error only moves along that row), so the column loop runs
- * per row in parallel; the lazy update of the columns right of the block is one GEMM.
+ *
+ * A row's error only ever moves along that row, so rows are independent: each task takes MX_RB rows through
+ * every block (quantize a column, spread its error inside the block, then the lazy update of the columns right
+ * of the block as one GEMM on the task's rows).  One parallel loop and no barrier per block, which matters on a
+ * shared machine where a descheduled thread stalls every barrier for a time slice.
  * ---------------------------------------------------------------------------------------------------------- */
-static void gptq_core(float *W, const float *Hinv, const double *Hinv_diag, int64_t N, int64_t K,
-                      const int64_t *perm, const mx_scheme *s, int64_t G, int dynamic_groups, float *scale,
-                      uint16_t *scales_f16, uint8_t *zero, float *Err, int64_t B, uint8_t *codes) {
+static void gptq_rows(float *W, const float *Hinv, const double *Hinv_diag, int64_t N, int64_t K, int64_t n0,
+                      int64_t rows, const int64_t *perm, const mx_scheme *s, int64_t G, int dynamic_groups,
+                      float *scale, uint16_t *scales_f16, uint8_t *zero, float *Err, int64_t B, uint8_t *codes,
+                      int avx) {
     for (int64_t i1 = 0; i1 < K; i1 += B) {
         const int64_t i2 = i1 + B < K ? i1 + B : K, count = i2 - i1;
-#pragma omp parallel for schedule(static)
-        for (int64_t n = 0; n < N; n++) {
+        for (int64_t n = n0; n < n0 + rows; n++) {
             float *w = W + n * K, *err_row = Err + n * B;
             if (dynamic_groups) /* groups starting in this block, from W as it is at the block start */
                 for (int64_t g0 = (i1 + G - 1) / G * G; g0 < i2; g0 += G) {
@@ -296,12 +323,26 @@ static void gptq_core(float *W, const float *Hinv, const double *Hinv_diag, int6
                 codes[n * K + column] = code;
                 const float e = (float)((double)(w[i] - q) / Hinv_diag[i]);
                 err_row[i - i1] = e;
-                const float *h = Hinv + i * K;
-                for (int64_t j = i + 1; j < i2; j++) w[j] -= e * h[j]; /* spread the error inside the block */
+                /* spread the error over the rest of the block */
+                if (avx) row_update_avx2(w + i + 1, e, Hinv + i * K + i + 1, i2 - i - 1);
+                else row_update_generic(w + i + 1, e, Hinv + i * K + i + 1, i2 - i - 1);
             }
         }
-        /* lazy batch: W[:, i2:] -= Err Hinv[i1:i2, i2:] */
-        gemm_sub_f32(N, K - i2, count, Err, B, Hinv + i1 * K + i2, K, W + i2, K);
+        /* lazy batch: W[rows, i2:] -= Err[rows] Hinv[i1:i2, i2:] */
+        gemm_tile_f32(avx, rows, K - i2, count, Err + n0 * B, B, Hinv + i1 * K + i2, K, W + n0 * K + i2, K);
+    }
+}
+
+static void gptq_core(float *W, const float *Hinv, const double *Hinv_diag, int64_t N, int64_t K,
+                      const int64_t *perm, const mx_scheme *s, int64_t G, int dynamic_groups, float *scale,
+                      uint16_t *scales_f16, uint8_t *zero, float *Err, int64_t B, uint8_t *codes) {
+    const int avx = cpu_has_avx2_fma();
+    const int64_t tasks = (N + MX_RB - 1) / MX_RB;
+#pragma omp parallel for schedule(dynamic, 1) if (N * K * K > MX_PARALLEL_MIN_WORK)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t n0 = t * MX_RB, rows = N - n0 < MX_RB ? N - n0 : MX_RB;
+        gptq_rows(W, Hinv, Hinv_diag, N, K, n0, rows, perm, s, G, dynamic_groups, scale, scales_f16, zero, Err, B,
+                  codes, avx);
     }
 }
 
@@ -357,21 +398,23 @@ static enum mx_status check_inputs(const float *w, const double *H, int64_t N, i
         if (!isfinite(w[i]))
             return mx_error_set(err, MX_ERR_NONFINITE, "gptq: W has a non-finite value %g at [%lld, %lld] (%s)",
                                 (double)w[i], (long long)(i / K), (long long)(i % K), name);
+    for (int64_t i = 0; i < K * K; i++)
+        if (!isfinite(H[i]))
+            return mx_error_set(err, MX_ERR_NONFINITE, "gptq: H has a non-finite value %g at [%lld, %lld]", H[i],
+                                (long long)(i / K), (long long)(i % K));
     for (int64_t i = 0; i < K; i++)
-        for (int64_t j = 0; j < K; j++) {
-            const double hij = H[i * K + j];
-            if (!isfinite(hij))
-                return mx_error_set(err, MX_ERR_NONFINITE, "gptq: H has a non-finite value %g at [%lld, %lld]", hij,
-                                    (long long)i, (long long)j);
-            if (i == j && hij < 0)
-                return mx_error_set(err, MX_ERR_INVALID_ARG, "gptq: H[%lld, %lld]=%g < 0: a Hessian X^T X has a "
-                                    "non-negative diagonal", (long long)i, (long long)i, hij);
-            if (j < i && fabs(hij - H[j * K + i]) > MX_GPTQ_SYMMETRY_TOL * sqrt(fabs(H[i * K + i] * H[j * K + j])) +
-                                                         1e-300)
-                return mx_error_set(err, MX_ERR_INVALID_ARG, "gptq: H is not symmetric: H[%lld, %lld]=%g but "
-                                    "H[%lld, %lld]=%g", (long long)i, (long long)j, hij, (long long)j, (long long)i,
-                                    H[j * K + i]);
-        }
+        if (H[i * K + i] < 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "gptq: H[%lld, %lld]=%g < 0: a Hessian X^T X has a "
+                                "non-negative diagonal", (long long)i, (long long)i, H[i * K + i]);
+    for (int64_t ib = 0; ib < K; ib += MX_NB) /* MX_NB x MX_NB tiles: the transposed reads stay in cache */
+        for (int64_t jb = 0; jb <= ib; jb += MX_NB)
+            for (int64_t i = ib; i < ib + MX_NB && i < K; i++)
+                for (int64_t j = jb; j < jb + MX_NB && j < i; j++)
+                    if (fabs(H[i * K + j] - H[j * K + i]) >
+                        MX_GPTQ_SYMMETRY_TOL * sqrt(H[i * K + i] * H[j * K + j]) + 1e-300)
+                        return mx_error_set(err, MX_ERR_INVALID_ARG, "gptq: H is not symmetric: H[%lld, %lld]=%g "
+                                            "but H[%lld, %lld]=%g", (long long)i, (long long)j, H[i * K + j],
+                                            (long long)j, (long long)i, H[j * K + i]);
     return MX_OK;
 }
 
@@ -424,14 +467,20 @@ enum mx_status mx_gptq(const float *w, const double *H, int64_t N, int64_t K, co
     int64_t failed = 0;
     for (;;) {
         const double lambda = damp * mean_diag;
-        for (int64_t i = 0; i < K; i++)
-            for (int64_t j = 0; j < K; j++) {
-                const int64_t pi = perm[i], pj = perm[j];
-                const int dead = H[pi * K + pi] == 0 || H[pj * K + pj] == 0;
-                double h = dead ? 0.0 : 0.5 * (H[pi * K + pj] + H[pj * K + pi]);
-                if (i == j) h = (dead ? mean_diag : h) + lambda;
-                A[i * K + j] = h;
-            }
+        /* X <- (H + H^T)/2 with dead rows/columns zeroed and their diagonal set to the live mean (tiled), then
+         * A <- X[perm][:, perm] + lambda I (row gathers).  X is the inverse's scratch: rebuilt on every try. */
+        for (int64_t ib = 0; ib < K; ib += MX_NB)
+            for (int64_t jb = 0; jb < K; jb += MX_NB)
+                for (int64_t i = ib; i < ib + MX_NB && i < K; i++)
+                    for (int64_t j = jb; j < jb + MX_NB && j < K; j++) {
+                        const int dead = H[i * K + i] == 0 || H[j * K + j] == 0;
+                        X[i * K + j] = dead ? (i == j ? mean_diag : 0.0) : 0.5 * (H[i * K + j] + H[j * K + i]);
+                    }
+        for (int64_t i = 0; i < K; i++) {
+            const double *row = X + perm[i] * K;
+            for (int64_t j = 0; j < K; j++) A[i * K + j] = row[perm[j]];
+            A[i * K + i] += lambda;
+        }
         failed = inverse_cholesky_inplace(A, K, 0.5 * lambda, X, work);
         for (int64_t i = 0; failed < 0 && i < K * K; i++)
             if (!isfinite(A[i])) failed = i / K;
@@ -462,14 +511,14 @@ enum mx_status mx_gptq(const float *w, const double *H, int64_t N, int64_t K, co
 
     /* static group parameters from the original W (original column order) */
     if (!dynamic_groups) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K > MX_PARALLEL_MIN_WORK / 16)
         for (int64_t n = 0; n < N; n++)
             for (int64_t g = 0; g < groups; g++) {
                 mx_grid_params(w + n * K + g * G, G, 1, s, &scales[g * N + n], &zero[g * N + n]);
                 scale[g * N + n] = mx_f16_to_f32(scales[g * N + n]);
             }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K > MX_PARALLEL_MIN_WORK / 4)
     for (int64_t n = 0; n < N; n++)
         for (int64_t i = 0; i < K; i++) Wp[n * K + i] = w[n * K + perm[i]];
 

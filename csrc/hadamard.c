@@ -151,14 +151,27 @@ static int32_t base_order_of(int64_t n) {
     return 0;
 }
 
+// The largest supported size below n and the smallest above it: every m * 2^k with a buildable base m is
+// supported (the chooser finds m or a smaller base), so scan the bases instead of the integers near n.
+static void nearest_supported(int64_t n, int64_t *below, int64_t *above) {
+    for (int64_t m = 1; m <= MX_HADAMARD_MAX_BASE; m++) {
+        if (base_kind_of(m) == BASE_NONE) continue;
+        int64_t v = m;
+        for (; v < n; v *= 2) {
+            if (v > *below) *below = v;
+            if (v > INT64_MAX / 2) break;
+        }
+        if (v > n && v < *above) *above = v;
+    }
+}
+
 enum mx_status mx_hadamard_base_order(int64_t n, int32_t *m, mx_error *err) {
     if (!m) return mx_error_set(err, MX_ERR_INVALID_ARG, "hadamard: m is NULL");
     if (n < 1) return mx_error_set(err, MX_ERR_INVALID_ARG, "hadamard: size n=%lld must be positive", (long long)n);
     int32_t order = base_order_of(n);
     if (order == 0) {
-        int64_t below = n - 1, above = n + 1;
-        while (below > 1 && base_order_of(below) == 0) below--;
-        while (base_order_of(above) == 0) above++; /* terminates: powers of two are supported */
+        int64_t below = 1, above = INT64_MAX;
+        nearest_supported(n, &below, &above);
         int64_t odd = n;
         while (odd % 2 == 0) odd /= 2;
         return mx_error_set(err, MX_ERR_UNSUPPORTED,

@@ -5,19 +5,20 @@
 #include <math.h>
 
 static const char ilp_solve_doc[] =
-    "ilp_solve(loss, time, bits, params, wbits, r, max_time, max_loss, tie, act_bits, abits, prune)\n"
+    "ilp_solve(loss, time, bits, params, wbits, r, max_time, max_loss, tie, act_bits, abits, prune, solver=0)\n"
     "    -> (choice int64 [B], loss, time, frontier f64 [n, 2], n_milps)\n"
     "loss, time: f64 [B, S] (+inf = not allowed); bits: f64 [S] or [B, S]; act_bits: f64 [S] or None;\n"
-    "params: f64 [B]; tie: int64 [B] or None; max_time / max_loss: +inf for no limit.";
+    "params: f64 [B]; tie: int64 [B] or None; max_time / max_loss: +inf for no limit;\n"
+    "solver: 0 = auto (knapsack search where only the budget binds), 1 = GLPK for every MILP.";
 
 // loss, time: [B, S] f64; bits, act_bits: [S] f64; params: [B] f64; tie: [B] i64 -> choice [B] i64
 static PyObject *py_ilp_solve(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *loss_obj, *time_obj, *bits_obj, *params_obj, *tie_obj, *act_obj;
     double wbits, r, max_time, max_loss, abits;
-    int prune;
-    if (!PyArg_ParseTuple(args, "OOOOddddOOdp", &loss_obj, &time_obj, &bits_obj, &params_obj, &wbits, &r,
-                          &max_time, &max_loss, &tie_obj, &act_obj, &abits, &prune))
+    int prune, solver = MX_ILP_SOLVER_AUTO;
+    if (!PyArg_ParseTuple(args, "OOOOddddOOdp|i", &loss_obj, &time_obj, &bits_obj, &params_obj, &wbits, &r,
+                          &max_time, &max_loss, &tie_obj, &act_obj, &abits, &prune, &solver))
         return NULL;
     PyArrayObject *loss = mx_py_array(loss_obj, "loss", NPY_FLOAT64, 2);
     if (!loss) return NULL;
@@ -76,6 +77,7 @@ static PyObject *py_ilp_solve(PyObject *self, PyObject *args) {
         .max_time = max_time,
         .max_loss = max_loss,
         .prune = prune,
+        .solver = solver,
     };
     mx_ilp_solution sol = {.choice = (int64_t *)PyArray_DATA(choice)};
     mx_error err = {MX_OK, ""};

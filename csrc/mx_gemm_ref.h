@@ -14,8 +14,18 @@
  *                       y += d_g * (s_a * s_g).
  * Limits: per group |d_g| must fit int32: G * 127 * (2^W - 1) < 2^31 (K <= 66311 for per-channel w8 asym).
  *
- * Threads: OpenMP over (problem, N-tile) work items, largest first (dynamic schedule), each unpacking its tile of
- * weights once into a scratch and reusing it for all M rows. */
+ * Example (two experts of one layer, each with its own scheme; buffers from mx_quantize_rtn):
+ *
+ *     mx_gemm_problem problems[2] = {
+ *         {x0, M0, N, K, s_w4a16, qweight0, scales0, zeros0, y0},   // Y0 [M0, N] = X0 [M0, K] W0ᵀ
+ *         {x1, M1, N, K, s_w8a8, qweight1, scales1, NULL, y1},
+ *     };
+ *     mx_error err;
+ *     if (mx_ref_group_gemm(problems, 2, 0, &err) != MX_OK) puts(err.message);
+ *
+ * Threads: OpenMP over (problem, token block, N-tile) work items, largest first (dynamic schedule), each unpacking
+ * its tile of weights once into a scratch and reusing it for all its token rows.  Results do not depend on the
+ * number of threads. */
 #ifndef MX_GEMM_REF_H
 #define MX_GEMM_REF_H
 

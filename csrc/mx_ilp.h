@@ -8,7 +8,9 @@
  *     T = sum time[b,s] x[b,s] <= max_time,   L = sum loss[b,s] x[b,s] <= max_loss      optional
  *     x[b,s] = x[b',s] whenever tie[b] == tie[b']                               optional tie groups
  *
- *   objective:  r = 1: min L (ties broken by min T);  r = 0: min T (ties by min L);
+ *   objective:  r = 1: min L (ties broken by min T);  r = 0: min T (ties by min L), each as one MILP
+ *               min L + eta*T with eta = MX_ILP_EPS / (upper bound of T) (normalised units), so L is within
+ *               MX_ILP_EPS of its minimum and exact ties go to the smaller T;
  *               0 < r < 1: min L^r * T^(1-r)   (equivalently r log L + (1-r) log T, with log 0 = -inf).
  *
  * How 0 < r < 1 is solved exactly with linear MILPs only.  g(L, T) = L^r T^(1-r) is concave and increasing on
@@ -50,9 +52,14 @@ extern "C" {
 
 /* Relative slack of every hard limit (rounding of the sums; budgets like 3.25 are usually hit exactly). */
 #define MX_ILP_LIMIT_RTOL 1e-9
-/* Optimality tolerance in normalised objective units: the objective is exact up to this; also the slack of the
- * second (tie-breaking) stage of a lexicographic solve and the minimum improvement of a dichotomic step. */
+/* Optimality tolerance in normalised objective units: the objective is exact up to this; also the weight of the
+ * tie-breaking objective of a lexicographic solve and the minimum improvement of a dichotomic step. */
 #define MX_ILP_EPS 1e-7
+
+/* Every MILP whose only constraint is the weight budget (no act budget, max_time, max_loss) is a multiple-choice
+ * knapsack; AUTO solves those with an exact specialised branch and bound (ilp.c) and everything else with GLPK.
+ * GLPK forces GLPK for all (cross-checks, benchmarks). */
+enum mx_ilp_solver { MX_ILP_SOLVER_AUTO = 0, MX_ILP_SOLVER_GLPK = 1 };
 
 typedef struct mx_ilp_problem {
     int64_t n_blocks;       /* >= 0 */
@@ -70,6 +77,7 @@ typedef struct mx_ilp_problem {
     double max_time;        /* +inf = no limit */
     double max_loss;        /* +inf = no limit */
     int prune;              /* 1: skip frontier segments that cannot beat the best point (0: whole hull) */
+    int solver;             /* enum mx_ilp_solver: MX_ILP_SOLVER_AUTO (0) or MX_ILP_SOLVER_GLPK (1) */
 } mx_ilp_problem;
 
 typedef struct mx_ilp_solution {

@@ -85,7 +85,8 @@ static PyObject *py_quantize_rtn(PyObject *self, PyObject *args) {
         mx_py_raise(&err);
         goto cleanup;
     }
-    result = Py_BuildValue("(OOO)", qweight, scales ? (PyObject *)scales : Py_None, zeros ? (PyObject *)zeros : Py_None);
+    result = Py_BuildValue("(OOO)", qweight, scales ? (PyObject *)scales : Py_None,
+                           zeros ? (PyObject *)zeros : Py_None);
 cleanup:
     Py_XDECREF(qweight);
     Py_XDECREF(scales);

@@ -29,6 +29,10 @@
 extern "C" {
 #endif
 
+/* Whether the current device can run the kernels (sm_80+): 1 and "name (sm_XY, N SMs, M GiB)" in message, or 0
+ * and the reason (no driver, no device, too old).  Never crashes without a driver.  (cuda/device.cu) */
+MX_API int mx_cuda_device_query(char *message, size_t message_bytes);
+
 /* Activation formats a problem can read (one layer may need several at once). */
 enum mx_cuda_act_format {
     MX_CUDA_ACT_BF16 = 0, /* x_bf16 [rows, K] */
@@ -69,11 +73,36 @@ typedef struct mx_cuda_activations {
     int64_t ld;              /* row stride in elements of K (bf16/int8/fp8); int4 rows are ld/2 bytes */
 } mx_cuda_activations;
 
-/* ---- fused mixed-precision grouped GEMM ----
- * d_problems: device [n_problems]; d_row_offsets: device i32 [n_groups + 1] (n_groups = E (+ S shared));
- * y: device bf16 [rows, ldy]; workspace: mx_cuda_gemm_workspace_bytes(max_rows, n_problems) bytes, device. */
+/* ---- fused mixed-precision grouped GEMM (cuda/sm90_mixed_grouped_gemm.cu) ----
+ *
+ * Problem table rules (checked on the HOST by mx_cuda_gemm_problems_check when the table is built, once per layer;
+ * the per-call entry trusts a device table built from a checked host table):
+ *   scheme_id a candidate (enum mx_scheme_id); n > 0, n % 16 == 0; k > 0, k % 32 == 0, k % 128 == 0 for g128 and
+ *   3-/2-bit schemes; out_col >= 0, out_col % 16 == 0; expert >= 0; qweight (and scales for every quantized scheme,
+ *   zeros for asym) non-NULL and 16-byte aligned; n_problems <= MX_CUDA_GEMM_MAX_PROBLEMS.
+ * The summary it returns is passed to every fused call, which checks the call against it in O(1). */
+#define MX_CUDA_GEMM_MAX_PROBLEMS 1024
+
+typedef struct mx_cuda_problems_info {
+    int32_t formats_mask;    /* bit f set: some problem reads activation format f (enum mx_cuda_act_format) */
+    int32_t max_k;           /* activations must have ld >= max_k */
+    int32_t max_expert;      /* n_groups must be > max_expert */
+    int32_t n_problems;
+    int64_t max_out_col_end; /* ldy must be >= max(out_col + n) */
+} mx_cuda_problems_info;
+
+/* problems: HOST [n_problems] -> *info; MX_ERR_INVALID_ARG naming the problem index, scheme, n, k. */
+MX_API enum mx_status mx_cuda_gemm_problems_check(const mx_cuda_problem *problems, int32_t n_problems,
+                                                  mx_cuda_problems_info *info, mx_error *err);
+
+/* d_problems: device [n_problems] (a copy of a table that passed mx_cuda_gemm_problems_check with *info);
+ * d_row_offsets: device i32 [n_groups + 1] (n_groups = E (+ S shared)), rows outside [0, max_rows] are clamped;
+ * acts: host struct of device pointers; y: device bf16 [max_rows, ldy], each problem writes
+ * y[rows of its expert, out_col : out_col + n]; workspace: device, mx_cuda_gemm_workspace_bytes(max_rows,
+ * n_problems) bytes, 16-byte aligned.  Two launches on `stream` (a one-block schedule kernel, then the persistent
+ * GEMM), no host sync, no allocation: CUDA-graph capturable. */
 MX_API size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_problems);
-MX_API enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, int32_t n_problems,
+MX_API enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
                                          const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
                                          const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
                                          void *d_workspace, size_t workspace_bytes, void *stream, mx_error *err);

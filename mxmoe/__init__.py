@@ -11,7 +11,13 @@ mxmoe._cuda (see cuda_status()).
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# The C core's OpenMP threads sleep between calls instead of spinning: mxmoe's CPU runtime interleaves short C
+# GEMMs with PyTorch work, and spinning workers would steal the cores PyTorch needs (measured: 6 -> 34 GFLOP/s for
+# the reference GroupGEMM on a loaded 2-core machine).  Must be set before libgomp loads; the user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from . import _C
+try:
+    from . import _C
+except ImportError as exc:  # the C core is part of every install; say how to get it rather than a bare ImportError
+    raise ImportError("mxmoe._C (the C core) is not built: run `make install` or "
+                      "`pip install --no-build-isolation -e .` in the mxmoe checkout") from exc
 
 _FMT_NAMES = {_C.FMT_INT: "int", _C.FMT_FP8_E4M3: "fp8"}
 _FMT_CODES = {v: k for k, v in _FMT_NAMES.items()}

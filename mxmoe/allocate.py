@@ -25,6 +25,7 @@ PLAN_SCHEMA = "mxmoe.plan"
 PLAN_SCHEMA_VERSION = 1
 BLOCK_NAMES = ("gate", "up", "down")
 SCOPES = ("layer", "model")
+SOLVERS = {"auto": 0, "glpk": 1}   # enum mx_ilp_solver
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -65,8 +66,11 @@ def _optional_limit(name: str, value: float | None) -> float:
 
 def allocate_blocks_detail(loss, time, bits, params, wbits: float, r: float = 1.0, max_time: float | None = None,
                            max_loss: float | None = None, tie=None, act_bits=None, abits: float | None = None,
-                           prune: bool = True) -> BlockAllocation:
-    """``allocate_blocks`` plus L, T and the frontier points visited (``prune=False``: the whole supported hull)."""
+                           prune: bool = True, solver: str = "auto") -> BlockAllocation:
+    """``allocate_blocks`` plus L, T and the frontier points visited (``prune=False``: the whole supported hull).
+    ``solver="glpk"`` sends every MILP to GLPK instead of the exact knapsack search (see csrc/mx_ilp.h)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} must be one of {tuple(SOLVERS)}")
     loss = _float_array("loss", loss, 2)
     time = _float_array("time", time, 2)
     n_blocks, n_schemes = loss.shape
@@ -103,7 +107,7 @@ def allocate_blocks_detail(loss, time, bits, params, wbits: float, r: float = 1.
     choice, total_loss, total_time, frontier, n_milps = _C.ilp_solve(
         loss, time, bits, params, wbits, float(r), _optional_limit("max_time", max_time),
         _optional_limit("max_loss", max_loss), tie, act_bits, float(abits) if abits is not None else 0.0,
-        bool(prune))
+        bool(prune), SOLVERS[solver])
     return BlockAllocation(choice, total_loss, total_time, [(float(a), float(b)) for a, b in frontier], n_milps)
 
 

@@ -142,7 +142,7 @@ def quantize_rtn(W: np.ndarray, scheme: SchemeLike) -> QuantizedWeight:
     return QuantizedWeight(s, W.shape[0], W.shape[1], qweight, scales, zeros)
 
 
-@dataclass
+@dataclass(eq=False)
 class QuantizedActivations:
     """Per-token quantized activations: values int8 [M, K] | uint8 e4m3 [M, K] | uint8 packed int4 [M, K/2];
     scales f32 [M]; x ~= q * scale."""

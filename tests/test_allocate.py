@@ -64,13 +64,13 @@ def random_instance(rng: np.random.Generator, variant: str) -> dict:
     return dict(loss=loss, time=time, bits=bits, params=params, wbits=wbits, max_time=max_time, tie=tie)
 
 
-def check_against_bruteforce(instance: dict, r: float) -> None:
+def check_against_bruteforce(instance: dict, r: float, solver: str = "auto") -> None:
     reference = allocate_blocks_bruteforce(r=r, **instance)
     if reference.choice is None:
         with pytest.raises(ValueError, match="infeasible"):
-            allocate_blocks(r=r, **instance)
+            allocate_blocks_detail(r=r, solver=solver, **instance)
         return
-    result = allocate_blocks_detail(r=r, **instance)
+    result = allocate_blocks_detail(r=r, solver=solver, **instance)
     choice = result.choice
     loss, time, bits, params = instance["loss"], instance["time"], instance["bits"], instance["params"]
     n_blocks = len(params)
@@ -114,9 +114,12 @@ def check_against_bruteforce(instance: dict, r: float) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("r", R_VALUES)
 def test_allocate_blocks(r: float, variant: str) -> None:
+    """Both paths: the knapsack search (only the budget binds: plain and tie) and GLPK for every MILP."""
     rng = np.random.default_rng([int(r * 100), VARIANTS.index(variant)])
     for _ in range(INSTANCES_PER_CASE):
-        check_against_bruteforce(random_instance(rng, variant), r)
+        instance = random_instance(rng, variant)
+        check_against_bruteforce(instance, r, "auto")
+        check_against_bruteforce(instance, r, "glpk")
 
 
 @pytest.mark.parametrize("r", R_VALUES)
@@ -168,6 +171,9 @@ def test_allocate_blocks_prune_false_same_optimum() -> None:
     params = rng.integers(1, 4, n_blocks).astype(float)
     pruned = allocate_blocks_detail(loss, time, bits, params, 4.0, r=0.75)
     full = allocate_blocks_detail(loss, time, bits, params, 4.0, r=0.75, prune=False)
+    glpk = allocate_blocks_detail(loss, time, bits, params, 4.0, r=0.75, solver="glpk")
+    assert objective_value(glpk.loss, glpk.time, 0.75) == pytest.approx(
+        objective_value(pruned.loss, pruned.time, 0.75), rel=OBJECTIVE_RTOL)
     assert objective_value(pruned.loss, pruned.time, 0.75) == pytest.approx(
         objective_value(full.loss, full.time, 0.75), rel=OBJECTIVE_RTOL)
     assert set(pruned.frontier) <= set(full.frontier)
@@ -278,12 +284,13 @@ def test_allocate_blocks_bad_input() -> None:
         (dict(act_bits=np.array([4.0, 8.0])), ValueError, "act_bits and abits"),
         (dict(act_bits=np.array([4.0, 8.0, 16.0]), abits=8.0), ValueError, "act_bits has shape"),
         (dict(loss=np.array([["a", "b"]] * 3)), TypeError, "numeric"),
+        (dict(solver="cplex"), ValueError, "solver="),
     ]
     for override, exception, message in cases:
         args = dict(loss=loss, time=time, bits=bits, params=params, wbits=4.0)
         args.update(override)
         with pytest.raises(exception, match=re.escape(message)):
-            allocate_blocks(**args)
+            allocate_blocks_detail(**args)
 
 
 def test_allocate_blocks_binding_checks() -> None:

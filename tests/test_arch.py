@@ -159,3 +159,21 @@ def test_experts_implementation_restores_on_error():
             raise RuntimeError("boom")
     assert model.get_experts_implementation() == before
     assert isinstance(arch.decoder_layers(model), nn.ModuleList)
+
+
+def test_moe_layer_ref():
+    """A ref of a float64 deep copy of a layer points into the copy; dense layers are rejected."""
+    import copy
+
+    model = tiny_model("deepseek_v2")  # layer 0 is dense (first_k_dense_replace=1)
+    with pytest.raises(ValueError, match="dense layer"):
+        arch.moe_layer_ref(model, 0)
+    layer_copy = copy.deepcopy(arch.decoder_layers(model)[2]).double()
+    ref = arch.moe_layer_ref(model, 2, layer_copy)
+    original = arch.moe_layer_ref(model, 2)
+    assert ref.decoder_layer is layer_copy and ref.layer_index == 2 and ref.num_shared == original.num_shared == 1
+    for expert, block in ((0, "gate"), (TINY_EXPERTS, "down")):
+        copied = arch.expert_block_weight(ref, expert, block)
+        assert copied.dtype == torch.float64
+        torch.testing.assert_close(copied.float(), arch.expert_block_weight(original, expert, block), rtol=0, atol=0)
+        assert copied.data_ptr() != arch.expert_block_weight(original, expert, block).data_ptr()

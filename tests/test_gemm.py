@@ -44,8 +44,10 @@ def make_x(M: int, K: int, seed: int) -> np.ndarray:
 
 
 def enumerate_shapes():
-    """(M, N, K): empty and single-token problems, M below/above the micro-kernel's 2 rows, N tails, K tails."""
-    yield from [(0, 8, 128), (1, 1, 128), (1, 5, 256), (2, 4, 128), (17, 36, 256), (33, 70, 512), (64, 12, 384)]
+    """(M, N, K): empty and single-token problems, M below/above the micro-kernel's 2 rows and the 128-token work
+    blocks, N tails (not a multiple of the 4-channel micro-kernel), K not a power of two."""
+    yield from [(0, 8, 128), (1, 1, 128), (1, 5, 256), (2, 4, 128), (17, 36, 256), (33, 70, 512), (64, 12, 384),
+                (261, 6, 128)]  # 261 tokens: three token blocks of the C work split, the last one odd
 
 
 def bound_a16(X: np.ndarray, W_hat: np.ndarray) -> np.ndarray:
@@ -105,10 +107,10 @@ def test_ref_group_gemm_mixed_schemes_one_call() -> None:
 def test_ref_group_gemm_one_problem_takes_all_rows() -> None:
     K, N = 256, 48
     weights = [make_weight(N, K, "w4a8_g128_asym", e) for e in range(8)]
-    X = make_x(50, K, 0)
+    X = make_x(300, K, 0)
     problems = [(X if e == 5 else X[:0], w) for e, w in enumerate(weights)]
     outputs = mxmoe.ref_group_gemm(problems)
-    assert [Y.shape[0] for Y in outputs] == [0, 0, 0, 0, 0, 50, 0, 0]
+    assert [Y.shape[0] for Y in outputs] == [0, 0, 0, 0, 0, 300, 0, 0]
     w = weights[5]
     np.testing.assert_allclose(outputs[5], rg.group_gemm(X, w.qweight, w.scales, w.zeros, N, K, w.scheme), rtol=0,
                                atol=MX_TOL_EMULATION * np.abs(outputs[5]).max())

@@ -125,6 +125,9 @@ def test_hadamard_transform_bad_inputs():
             hadamard.hadamard_transform(np.ones((1, n), dtype=np.float32))
         with pytest.raises(ValueError, match="not supported"):
             hadamard.hadamard_matrix(n)
+    # a huge unsupported size answers at once (the nearest sizes come from the bases, not a scan of integers)
+    with pytest.raises(ValueError, match="nearest supported sizes are 1099511627776 and"):
+        hadamard.hadamard_base_order(2**40 + 1)
     with pytest.raises(ValueError, match="length 0"):
         hadamard.hadamard_transform(np.ones((3, 0)))
     with pytest.raises(ValueError, match="axis=2"):

@@ -276,3 +276,19 @@ def test_stats_accumulate_xtx_bad_input():
     with pytest.raises(ValueError, match="writeable"):
         _C.stats_accumulate_xtx(read_only, x)
     assert not H.any()  # every failure left H untouched
+
+
+def test_first_layer_inputs():
+    """Layer-0 inputs are the token embeddings, and running the layer on them with the captured kwargs reproduces
+    the model's own hidden states after layer 0 (output_hidden_states)."""
+    from mxmoe.profile import first_layer_inputs
+
+    model = tiny_model("qwen2_moe")
+    windows = random_token_windows(5, 9, seed=3)
+    hidden, layer_kwargs = first_layer_inputs(model, windows, batch_size=2)
+    assert sorted(layer_kwargs) == [1, 2]  # batches of 2, 2 and 1
+    with torch.no_grad():
+        torch.testing.assert_close(hidden, model.get_input_embeddings()(windows), rtol=0, atol=0)
+        states = model(windows, output_hidden_states=True).hidden_states[1]
+        out = arch.decoder_layers(model)[0](hidden[:2], **layer_kwargs[2])
+    torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, states[:2], rtol=0, atol=1e-6)

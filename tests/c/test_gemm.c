@@ -137,7 +137,7 @@ static int test_group_gemm(void) {
     const char *names[] = {"w16a16",        "w4a16_g128_asym", "w3a16_g128_asym",  "w2a16_g128_asym",
                            "w8a16_g-1_sym", "w8a8_g-1_sym",    "w8a8_g-1_sym_fp8", "w4a8_g128_asym",
                            "w4a4_g-1_sym",  "w4a4_g128_sym",   "w4a8_g-1_sym_fp8", "w8a8_g32_asym"};
-    const int64_t shapes[][3] = {{0, 8, 128}, {1, 1, 128}, {3, 5, 256}, {7, 9, 128}};
+    const int64_t shapes[][3] = {{0, 8, 128}, {1, 1, 128}, {3, 5, 256}, {7, 9, 128}, {131, 3, 128}};
     enum { n_names = sizeof names / sizeof names[0], n_shapes = sizeof shapes / sizeof shapes[0] };
     owned_problem owned[n_names * n_shapes];
     mx_gemm_problem problems[n_names * n_shapes];
@@ -174,7 +174,7 @@ static int test_group_gemm(void) {
     bad[1].scheme.w_bits = 7;
     CHECK(mx_ref_group_gemm(bad, 2, 1, &err) == MX_ERR_INVALID_ARG && strstr(err.message, "w_bits=7"),
           "bad scheme: %s", err.message);
-    bad[1] = problems[n_shapes * 7 + 3]; /* w4a8_g128_asym */
+    bad[1] = problems[n_shapes * 7 + 3]; /* w4a8_g128_asym, M = 7 */
     bad[1].zeros = NULL;
     CHECK(mx_ref_group_gemm(bad, 2, 1, &err) == MX_ERR_INVALID_ARG && strstr(err.message, "zeros"), "no zeros");
     bad[1] = problems[3];

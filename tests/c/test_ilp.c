@@ -61,7 +61,7 @@ static double brute_force(int B, int S, const double *loss, const double *time, 
 static int test_random_vs_brute_force(void) {
     int failures = 0;
     const double rs[4] = {0.0, 0.3, 0.75, 1.0};
-    for (int trial = 0; trial < 48; trial++) {
+    for (int trial = 0; trial < 64; trial++) {
         int B = 1 + (int)(uniform01() * 7), S = 1 + (int)(uniform01() * 3);
         double loss[8 * 3], time[8 * 3], bits[3] = {2.25, 4.25, 8.0}, params[8];
         int64_t tie[8], choice[8];
@@ -76,9 +76,11 @@ static int test_random_vs_brute_force(void) {
         double r = rs[trial % 4], wbits = 2.25 + uniform01() * (bits[S - 1] - 2.25);
         double max_time = trial % 3 == 0 ? 0.5 * B * bits[S - 1] * uniform01() : INFINITY;
         const int64_t *ties = trial % 2 ? tie : NULL;
+        /* trials alternate between the knapsack search and GLPK-only (max_time always goes to GLPK) */
         mx_ilp_problem p = {.n_blocks = B, .n_schemes = S, .loss = loss, .time = time, .bits = bits,
                             .params = params, .wbits = wbits, .r = r, .max_time = max_time, .max_loss = INFINITY,
-                            .tie = ties, .prune = 1};
+                            .tie = ties, .prune = 1,
+                            .solver = (trial / 4) % 2 ? MX_ILP_SOLVER_GLPK : MX_ILP_SOLVER_AUTO};
         mx_ilp_solution sol = {.choice = choice};
         mx_error err = {MX_OK, ""};
         enum mx_status st = mx_ilp_solve(&p, &sol, &err);

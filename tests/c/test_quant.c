@@ -108,7 +108,8 @@ static int test_rtn_round_trip(void) {
     /* random codes: unpack(pack(c)) == c */
     for (int b = 0; b < 4; b++) {
         mx_scheme s = {bits_list[b], 16, 32, 0, MX_FMT_INT};
-        for (int64_t i = 0; i < N * K; i++) codes[i] = (uint8_t)(((uint32_t)(next_uniform(&state) * 1e6f)) & ((1u << s.w_bits) - 1));
+        for (int64_t i = 0; i < N * K; i++)
+            codes[i] = (uint8_t)(((uint32_t)((next_uniform(&state) + 1.0f) * 1e6f)) & ((1u << s.w_bits) - 1));
         CHECK(mx_pack_codes(codes, N, K, &s, qweight, &err) == MX_OK, "pack");
         CHECK(mx_unpack_codes(qweight, N, K, &s, codes2, &err) == MX_OK, "unpack");
         CHECK(memcmp(codes, codes2, (size_t)(N * K)) == 0, "unpack(pack(c)) != c for W=%d", s.w_bits);

@@ -1,0 +1,885 @@
+/* sm90_mixed_grouped_gemm.cu — ONE persistent launch computes every (expert, block) GEMM problem of a MoE layer,
+ * whatever its quantization scheme.
+ *
+ *   Y[rows of expert e, out_col : out_col + n] = X[rows of e, :k] · W_pᵀ     for every problem p of the table
+ *
+ * Weights are read in the canonical packed layouts of csrc/mx_scheme.h, directly (no repack):
+ * qweight u32 [N, K/32·W] (a 32-code pack of one row = W words), scales f16 [K/G', N], zeros u8 [K/G', N];
+ * w16a16: u16 [N, K] bf16 bits; w8a8_fp8: e4m3 bytes.  Activations (mx_cuda_activations) are the permuted rows
+ * of the routing step: bf16 [rows, ld], int8 / e4m3 [rows, ld] or int4 [rows, ld/2] with one fp32 scale per row.
+ *
+ * ---- scheduling: tiles -> CTAs -------------------------------------------------------------------------------
+ *
+ * The rows per expert live only on the device (d_row_offsets), so the tile list is built there, by a one-block
+ * schedule kernel that runs first on the same stream:
+ *
+ *   problems (host-built table)      row_offsets (device)
+ *        │  M_p = rows of p's expert, config = thin (M_p <= 16: decode) or fat (M_p > 16)
+ *        ▼
+ *   per-tile cost_p = bytes / (HBM share of one SM) + flops / (mma rate of p's family)
+ *   rank problems by cost_p, heaviest first (ties: table order) -> tile_start[rank] = prefix sum of tiles
+ *   counter := 0                                          (so the pair of launches replays inside a CUDA graph)
+ *
+ *   tile id:   0 ........ tile_start[1] ......... tile_start[2] ....................... total
+ *              │ p_heavy: (m0,n0)(m0,n1)…(m1,n0)… │ p_next: …                     │ … lightest problem │
+ *
+ *   persistent grid (2 CTAs per SM):
+ *     CTA 0:  t = atomicAdd(counter) ─► tile 0  ─► t = atomicAdd ─► tile 7   ─► ...
+ *     CTA 1:  t = atomicAdd(counter) ─► tile 1  ─► ...
+ *     ...                                             until t >= total
+ *
+ *   Heaviest tiles are claimed first (longest-processing-time-first), so the light tail balances the SMs.  Within
+ *   a problem the n-tiles of one m-tile are consecutive: CTAs working at the same time share the A rows in L2.
+ *
+ * ---- one tile -------------------------------------------------------------------------------------------------
+ *
+ *   BN = 128 output columns × BM rows (thin: BM = 16, 8 warps side by side, warp tile 16×16;
+ *   fat: BM = 64, warps 2×4, warp tile 32×32), K walked in BK steps: BK = 128, except thin tiles of sub-8-bit
+ *   weights, where BK = 1024 / W (256 for w4, 384 for w3, 512 for w2) so that every stage reads 128-144
+ *   contiguous bytes of each weight row (HBM serves 32-64 B runs scattered over 128 rows at half speed or worse).
+ *
+ *          k ───────────────────────────►            Each BK step is one pipeline stage in shared memory:
+ *   rows  ┌──────┬──────┬──────┬──────┐                 A  [BM][BK] activations (bf16 / int8 / e4m3 / int4)
+ *   of X  │ st 0 │ st 1 │ st 2 │ ...  │ (BM×K)          W  [BN][BK·W/8] packed codes, rows = output columns
+ *         └──────┴──────┴──────┴──────┘                 S  [BK/128][BN] f16 scales, Z [BK/128][BN] u8 zeros (g128)
+ *   W rows ┌──────┬──────┬──────┬──────┐              loaded with 16-byte cp.async (zero-filled past M, N, K),
+ *   (BN×K) └──────┴──────┴──────┴──────┘              stages = min(8, shared budget / stage bytes): a w4 thin
+ *                                                     tile keeps 3 stages (~55 KB of weights) in flight.
+ *
+ *   Micro-kernels (one per family, chosen per tile by the problem's scheme id, all sharing the CTA shape):
+ *     bf16 mma m16n8k16: w16a16 (ldmatrix of bf16 weights), wXa16 X in {8,4,3,2}: codes -> exact bf16 (u - z)
+ *                        in registers (dequant.cuh); g128: the group's fp32 partial sum × s[group, n];
+ *                        per-channel: × s[n] in the epilogue
+ *     s8 mma m16n8k32:   w8a8 (u ^ 0x80), w4a8 (nibbles -> int8 (u - z)), w4a4 (int4 activations -> int8):
+ *                        exact int32 sums, × s[n]·s_x[row] (g128: per group, converted exactly)
+ *     e4m3 mma m16n8k32: w8a8_fp8, fp32 sums × s[n]·s_x[row]
+ *
+ *   Shared memory rows are padded by 16 bytes when their length is an even number of 16-byte chunks, so the 8 rows
+ *   that an ldmatrix (or a warp's fragment loads) touch fall into different banks.
+ *
+ * Per call the host does O(1) work: validate scalars against the checked table's summary, two launches.
+ * Tests: tests/test_cuda_gemm.py.  Benchmark: bench/bench_gemm.py. */
+#include "sm90_mixed_grouped_gemm.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "dequant.cuh"
+#include "mma.cuh"
+
+namespace mx {
+
+constexpr int kThreads = 256;              // 8 warps per CTA, every micro-kernel
+constexpr int kSmemDecode = 110 * 1024;    // dynamic shared memory per CTA, decode variant: 2 CTAs per SM
+constexpr int kSmemPrefill = 220 * 1024;   // prefill variant: 1 CTA per SM (227 KB is the per-block limit)
+constexpr int kBN = 128;                   // output columns per tile, every micro-kernel
+constexpr int kGroup = 128;                // the weight group of the g128 schemes
+constexpr int kThinMaxRows = 16;           // experts with at most this many rows use the thin (decode) tile
+
+/* ---- the scheme table, as compile-time facts (keyed by enum mx_scheme_id) ---- */
+enum class AKind { BF16, INT8, FP8, INT4 };
+enum class MmaKind { BF16, S8, E4M3 };
+
+template <int ID>
+struct Scheme;
+#define MX_SCHEME_FACTS(ID, W_, A_, G_, SYM_, MMA_)                                                                   \
+    template <>                                                                                                   \
+    struct Scheme<ID> {                                                                                           \
+        static constexpr int W = W_;                   /* weight bits */                                          \
+        static constexpr AKind A = AKind::A_;          /* activation format read */                               \
+        static constexpr int G = G_;                   /* weight group (-1: per output channel) */                \
+        static constexpr bool sym = SYM_;              /* z = 2^(W-1) implicit, else zeros[] */                   \
+        static constexpr MmaKind mma = MmaKind::MMA_;  /* tensor-core instruction */                              \
+    };
+MX_SCHEME_FACTS(MX_SCHEME_W16A16, 16, BF16, -1, true, BF16)
+MX_SCHEME_FACTS(MX_SCHEME_W8A16_GN1_SYM, 8, BF16, -1, true, BF16)
+MX_SCHEME_FACTS(MX_SCHEME_W4A16_GN1_ASYM, 4, BF16, -1, false, BF16)
+MX_SCHEME_FACTS(MX_SCHEME_W4A16_G128_ASYM, 4, BF16, 128, false, BF16)
+MX_SCHEME_FACTS(MX_SCHEME_W3A16_G128_ASYM, 3, BF16, 128, false, BF16)
+MX_SCHEME_FACTS(MX_SCHEME_W2A16_G128_ASYM, 2, BF16, 128, false, BF16)
+MX_SCHEME_FACTS(MX_SCHEME_W8A8_GN1_SYM, 8, INT8, -1, true, S8)
+MX_SCHEME_FACTS(MX_SCHEME_W8A8_GN1_SYM_FP8, 8, FP8, -1, true, E4M3)
+MX_SCHEME_FACTS(MX_SCHEME_W4A8_GN1_SYM, 4, INT8, -1, true, S8)
+MX_SCHEME_FACTS(MX_SCHEME_W4A8_G128_ASYM, 4, INT8, 128, false, S8)
+MX_SCHEME_FACTS(MX_SCHEME_W4A4_GN1_SYM, 4, INT4, -1, true, S8)
+MX_SCHEME_FACTS(MX_SCHEME_W4A4_G128_SYM, 4, INT4, 128, true, S8)
+#undef MX_SCHEME_FACTS
+static_assert(MX_SCHEME_COUNT == 12, "add the new scheme's facts above and to the dispatch switch below");
+
+/* ---- the two tile shapes (same CTA, same shared-memory budget) ---- */
+template <int BM_, int WARPS_M_, int SMEM_>
+struct Tile {
+    static constexpr int BM = BM_, BN = kBN;
+    static constexpr bool thin = BM_ <= 16;
+    static constexpr int smem = SMEM_;  // the kernel variant's shared-memory budget: sets the pipeline depth
+    static constexpr int WARPS_M = WARPS_M_, WARPS_N = (kThreads / 32) / WARPS_M_;
+    static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // warp tile
+    static constexpr int MT = WM / 16, NT = WN / 8;             // mma tiles per warp
+    static_assert(WM % 16 == 0 && WN % 8 == 0, "warp tile must be whole mma tiles");
+};
+/* The two kernel variants (one launch uses one): the same micro-kernels, different fat tiles and occupancy.
+ *   decode  (2 CTAs/SM, <= 128 registers): thin 16 × 128, fat  64 × 128 (warp tile 32 × 32)
+ *   prefill (1 CTA/SM, <= 255 registers):  thin 16 × 128, fat 128 × 128 (warp tile 64 × 32: twice the mma per
+ *                                          fragment load, for the tensor-core-bound large-M problems)
+ * The host picks prefill when the launch averages >= kPrefillRowsPerGroup rows per expert. */
+struct DecodeVariant {
+    using Thin = Tile<16, 1, kSmemDecode>;
+    using Fat = Tile<64, 2, kSmemDecode>;
+    static constexpr int min_blocks = 2, smem = kSmemDecode;
+};
+struct PrefillVariant {
+    using Thin = Tile<16, 1, kSmemPrefill>;
+    using Fat = Tile<128, 2, kSmemPrefill>;
+    static constexpr int min_blocks = 1, smem = kSmemPrefill;
+};
+constexpr int kPrefillRowsPerGroup = 48;
+
+__host__ __device__ constexpr int pad_row(int bytes) { return (bytes / 16) % 2 == 0 ? bytes + 16 : bytes; }
+__host__ __device__ constexpr int round16(int bytes) { return (bytes + 15) / 16 * 16; }
+__host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
+__host__ __device__ constexpr int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+__host__ __device__ constexpr int a_bits_of(AKind a) { return a == AKind::BF16 ? 16 : a == AKind::INT4 ? 4 : 8; }
+
+// k per stage.  A thin (decode) tile is weight-streaming: each stage must fetch >= 128 contiguous bytes of every
+// weight row, because HBM serves short scattered runs (64 B or 32 B per row: w4 / w2 at k = 128) at a fraction of
+// its bandwidth (measured on the H100: 1.1 and 0.6 TB/s vs 2.4 for 128-256 B).  Fat tiles keep k = 128: their A
+// tile dominates the stage and they are bound by the tensor cores.
+__host__ __device__ constexpr int stage_k(int w_bits, bool thin) {
+    return !thin || w_bits >= 8 ? 128 : w_bits == 4 ? 256 : w_bits == 3 ? 384 : 512;
+}
+
+/* Byte layout of one pipeline stage of scheme ID with tile T (offsets into the stage's slot of shared memory). */
+template <int ID, class T>
+struct Stage {
+    using S = Scheme<ID>;
+    static constexpr int BK = stage_k(S::W, T::thin);      // k per stage
+    static constexpr int groups = S::G > 0 ? BK / kGroup : 0;  // g128 groups per stage
+    static constexpr int a_bits = a_bits_of(S::A);
+    static constexpr int a_row = BK * a_bits / 8, a_stride = pad_row(a_row);  // A [BM][a_stride]
+    static constexpr int w_row = BK * S::W / 8, w_stride = pad_row(w_row);    // W [BN][w_stride]
+    static constexpr int a_off = 0;
+    static constexpr int w_off = a_off + T::BM * a_stride;
+    static constexpr int s_off = w_off + T::BN * w_stride;  // g128: f16 scales of the stage's groups [groups][BN]
+    static constexpr int s_bytes = groups * T::BN * 2;
+    static constexpr int z_off = s_off + s_bytes;  // g128 asym: u8 zeros [groups][BN]
+    static constexpr int z_bytes = S::sym ? 0 : groups * T::BN;
+    static constexpr int bytes = round16(z_off + z_bytes);
+    static constexpr int stages = cmin(8, T::smem / bytes);
+    static_assert(stages >= 2, "a stage does not fit twice in the shared-memory budget");
+    static_assert(S::G < 0 || (S::G == kGroup && BK % kGroup == 0), "a g128 stage must hold whole groups");
+};
+
+/* ---- device-side schedule (workspace layout) ---- */
+struct TileGroup {       // one problem, in rank order (heaviest first)
+    int32_t problem;     // index into the problem table
+    int32_t fat;         // 0: the variant's thin tile, 1: its fat tile
+    int32_t rows;        // M of the problem's expert (clamped to [0, max_rows])
+    int32_t tiles_n;     // ceil(n / BN)
+    int64_t row0;        // first row of the expert in X and Y
+    int64_t pad;
+};
+static_assert(sizeof(TileGroup) == 32, "TileGroup is a 32-byte record");
+
+struct Schedule {        // views into the caller's workspace
+    int32_t *counter;    // next tile to claim
+    int32_t *total;      // number of tiles
+    TileGroup *groups;   // [n_problems]
+    int32_t *tile_start; // [n_problems + 1] exclusive prefix sum of tiles in rank order
+};
+
+__host__ __device__ inline size_t schedule_bytes(int32_t n_problems) {
+    return 64 + 32 * (size_t)n_problems + 4 * ((size_t)n_problems + 1);
+}
+
+__host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_problems) {
+    char *base = static_cast<char *>(workspace);
+    Schedule s;
+    s.counter = reinterpret_cast<int32_t *>(base);
+    s.total = reinterpret_cast<int32_t *>(base + 4);
+    s.groups = reinterpret_cast<TileGroup *>(base + 64);
+    s.tile_start = reinterpret_cast<int32_t *>(base + 64 + 32 * (size_t)n_problems);
+    return s;
+}
+
+/* One tile's work, decoded from the tile id. */
+struct TileJob {
+    const mx_cuda_problem *problem;
+    int64_t row0;   // first row of this tile in X and Y
+    int m_rows;     // valid rows (<= BM)
+    int n0;         // first output column within the problem
+};
+
+/* ======================================== stage functions ======================================== */
+
+template <int ID>
+__device__ __forceinline__ const char *act_base(const mx_cuda_activations &acts) {
+    constexpr AKind A = Scheme<ID>::A;
+    return A == AKind::BF16   ? reinterpret_cast<const char *>(acts.d_bf16)
+           : A == AKind::INT8 ? reinterpret_cast<const char *>(acts.d_int8)
+           : A == AKind::FP8  ? reinterpret_cast<const char *>(acts.d_fp8)
+                              : reinterpret_cast<const char *>(acts.d_int4);
+}
+
+template <int ID>
+__device__ __forceinline__ const float *act_row_scale(const mx_cuda_activations &acts) {
+    constexpr AKind A = Scheme<ID>::A;
+    return A == AKind::INT8 ? acts.d_scale_int8 : A == AKind::FP8 ? acts.d_scale_fp8 : acts.d_scale_int4;
+}
+
+// Issue the cp.async of stage kt (A rows, W rows, and for g128 the group's scales / zeros) into `slot`.
+template <int ID, class T>
+__device__ __forceinline__ void load_stage(const TileJob &job, const mx_cuda_activations &acts, int kt,
+                                           uint32_t slot) {
+    using S = Scheme<ID>;
+    using L = Stage<ID, T>;
+    const mx_cuda_problem &p = *job.problem;
+    const int k0 = kt * L::BK;
+    const int k_valid = min(L::BK, p.k - k0);  // a multiple of 32
+
+    // A: BM rows × a_row bytes; rows past the expert's M and k past K are zero-filled.
+    const char *a = act_base<ID>(acts);
+    const int64_t a_ld_bytes = acts.ld * L::a_bits / 8;
+    constexpr int a_chunks = L::a_row / 16;
+    const int a_valid_chunks = k_valid * L::a_bits / 128;
+    for (int c = threadIdx.x; c < T::BM * a_chunks; c += kThreads) {
+        const int r = c / a_chunks, ch = c % a_chunks;
+        const bool ok = r < job.m_rows && ch < a_valid_chunks;
+        const char *src = ok ? a + (job.row0 + r) * a_ld_bytes + (int64_t)k0 * L::a_bits / 8 + ch * 16 : a;
+        cp_async16(slot + L::a_off + r * L::a_stride + ch * 16, src, ok ? 16 : 0);
+    }
+
+    // W: BN rows (output columns) × w_row bytes of packed codes.
+    const char *w = static_cast<const char *>(p.qweight);
+    const int64_t w_ld_bytes = (int64_t)p.k * S::W / 8;
+    constexpr int w_chunks = L::w_row / 16;
+    const int w_valid_chunks = k_valid * S::W / 128;
+    for (int c = threadIdx.x; c < T::BN * w_chunks; c += kThreads) {
+        const int r = c / w_chunks, ch = c % w_chunks;
+        const bool ok = job.n0 + r < p.n && ch < w_valid_chunks;
+        const char *src = ok ? w + (int64_t)(job.n0 + r) * w_ld_bytes + (int64_t)kt * L::w_row + ch * 16 : w;
+        cp_async16(slot + L::w_off + r * L::w_stride + ch * 16, src, ok ? 16 : 0);
+    }
+
+    if constexpr (S::G > 0) {  // this stage's groups: scales[group, n0 : n0 + BN], zeros likewise
+        const int group0 = k0 / kGroup, groups_valid = k_valid / kGroup;  // k_valid % 128 == 0 (k % 128 == 0)
+        const char *s = static_cast<const char *>(p.scales);
+        constexpr int s_chunks = T::BN * 2 / 16;
+        for (int c = threadIdx.x; c < L::groups * s_chunks; c += kThreads) {
+            const int gi = c / s_chunks, ch = c % s_chunks;
+            const bool ok = gi < groups_valid && job.n0 + ch * 8 < p.n;
+            const char *src = ok ? s + ((int64_t)(group0 + gi) * p.n + job.n0 + ch * 8) * 2 : s;
+            cp_async16(slot + L::s_off + gi * T::BN * 2 + ch * 16, src, ok ? 16 : 0);
+        }
+        if constexpr (!S::sym) {
+            const char *z = static_cast<const char *>(p.zeros);
+            constexpr int z_chunks = T::BN / 16;
+            for (int c = threadIdx.x; c < L::groups * z_chunks; c += kThreads) {
+                const int gi = c / z_chunks, ch = c % z_chunks;
+                const bool ok = gi < groups_valid && job.n0 + ch * 16 < p.n;
+                const char *src = ok ? z + (int64_t)(group0 + gi) * p.n + job.n0 + ch * 16 : z;
+                cp_async16(slot + L::z_off + gi * T::BN + ch * 16, src, ok ? 16 : 0);
+            }
+        }
+    }
+}
+
+/* Registers of one warp's tile: fp32 results, and the per-stage (g128) or per-tile (per-channel int8) partial sums. */
+template <int ID, class T>
+struct Accum {
+    static constexpr bool int_sums = Scheme<ID>::mma == MmaKind::S8;
+    float acc[T::MT][T::NT][4];
+    typename std::conditional<int_sums, int32_t, float>::type part[T::MT][T::NT][4];
+};
+
+// bf16-mma B fragments of one 32-code pack for weight row `row` (smem address of the row): b[k16 step][reg].
+template <int ID, class T>
+__device__ __forceinline__ void wxa16_b_frag(uint32_t (&b)[2][2], const char *row_ptr, int pack, int t,
+                                             uint32_t z_magic) {
+    using S = Scheme<ID>;
+    if constexpr (S::W == 4) {
+        const uint4 v = *reinterpret_cast<const uint4 *>(row_ptr + pack * 16);
+        const int sh = 8 * t;
+        b[0][0] = pair_minus_z(spread_nib_pair(v.x >> sh), z_magic);
+        b[0][1] = pair_minus_z(spread_nib_pair(v.y >> sh), z_magic);
+        b[1][0] = pair_minus_z(spread_nib_pair(v.z >> sh), z_magic);
+        b[1][1] = pair_minus_z(spread_nib_pair(v.w >> sh), z_magic);
+    } else if constexpr (S::W == 2) {
+        const uint2 v = *reinterpret_cast<const uint2 *>(row_ptr + pack * 8);
+        const int sh = 4 * t;
+        b[0][0] = pair_minus_z(spread_crumb_pair(v.x >> sh), z_magic);
+        b[0][1] = pair_minus_z(spread_crumb_pair(v.x >> (16 + sh)), z_magic);
+        b[1][0] = pair_minus_z(spread_crumb_pair(v.y >> sh), z_magic);
+        b[1][1] = pair_minus_z(spread_crumb_pair(v.y >> (16 + sh)), z_magic);
+    } else if constexpr (S::W == 3) {
+        const uint32_t *v = reinterpret_cast<const uint32_t *>(row_ptr + pack * 12);
+        const uint32_t w0 = v[0], w1 = v[1], w2 = v[2];
+        const int sh = 4 * t, c = 2 * t;  // the pair's first code c within each k16 half-pack
+        b[0][0] = pair_minus_z(spread_w3_pair(w0 >> sh, w2 >> c), z_magic);
+        b[0][1] = pair_minus_z(spread_w3_pair(w0 >> (16 + sh), w2 >> (8 + c)), z_magic);
+        b[1][0] = pair_minus_z(spread_w3_pair(w1 >> sh, w2 >> (16 + c)), z_magic);
+        b[1][1] = pair_minus_z(spread_w3_pair(w1 >> (16 + sh), w2 >> (24 + c)), z_magic);
+    } else if constexpr (S::W == 8) {
+        const uint16_t *v = reinterpret_cast<const uint16_t *>(row_ptr + pack * 32);
+        b[0][0] = u8pair_minus_128(v[t]);       // bytes 2t, 2t+1
+        b[0][1] = u8pair_minus_128(v[4 + t]);   // bytes 8+2t
+        b[1][0] = u8pair_minus_128(v[8 + t]);   // bytes 16+2t
+        b[1][1] = u8pair_minus_128(v[12 + t]);  // bytes 24+2t
+    }
+}
+
+// Tensor-core work of one stage that sits in `slot` (generic pointer `stage`).  kt: the stage's k index.
+template <int ID, class T>
+__device__ __forceinline__ void compute_stage(Accum<ID, T> &r, const char *stage, const uint32_t slot,
+                                              const TileJob &job, const int (&z_col)[T::NT]) {
+    using S = Scheme<ID>;
+    using L = Stage<ID, T>;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm0 = (warp / T::WARPS_N) * T::WM, wn0 = (warp % T::WARPS_N) * T::WN;
+    constexpr bool grouped = S::G > 0;
+    constexpr int packs_per_group = kGroup / 32;
+
+#pragma unroll
+    for (int pack = 0; pack < L::BK / 32; pack++) {
+        const int gi = pack / packs_per_group;  // g128: the group of this pack within the stage
+        if constexpr (grouped) {
+            if (pack % packs_per_group == 0) {  // a fresh partial sum for each group
+#pragma unroll
+                for (int i = 0; i < T::MT; i++)
+#pragma unroll
+                    for (int j = 0; j < T::NT; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) r.part[i][j][e] = 0;
+            }
+        }
+        if constexpr (S::mma == MmaKind::BF16) {
+            // ---- bf16 micro-kernel (w16a16, wXa16): two k16 steps per pack ----
+            uint32_t b[T::NT][2][2];
+#pragma unroll
+            for (int j = 0; j < T::NT; j++) {
+                if constexpr (S::W == 16) {
+                    // ldmatrix.x4 over the 8 weight rows of this n8 tile: matrices = k 0-7, 8-15, 16-23, 24-31.
+                    const int row = wn0 + j * 8 + (lane & 7);
+                    uint32_t q[4];
+                    ldmatrix_x4(q, slot + L::w_off + row * L::w_stride + pack * 64 + (lane >> 3) * 16);
+                    b[j][0][0] = q[0]; b[j][0][1] = q[1]; b[j][1][0] = q[2]; b[j][1][1] = q[3];
+                } else {
+                    const int row = wn0 + j * 8 + g;
+                    int z;
+                    if constexpr (S::sym) z = 1 << (S::W - 1);
+                    else if constexpr (grouped) z = reinterpret_cast<const uint8_t *>(stage + L::z_off)[gi * T::BN + row];
+                    else z = z_col[j];
+                    wxa16_b_frag<ID, T>(b[j], stage + L::w_off + row * L::w_stride, pack, t, bf16x2_128_plus(z));
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++) {
+#pragma unroll
+                for (int i = 0; i < T::MT; i++) {
+                    uint32_t a[4];
+                    const int row = wm0 + i * 16 + (lane & 15);
+                    ldmatrix_x4(a, slot + L::a_off + row * L::a_stride + (pack * 32 + kk * 16) * 2 + (lane >> 4) * 16);
+#pragma unroll
+                    for (int j = 0; j < T::NT; j++) {
+                        if constexpr (grouped) mma_bf16_16816(r.part[i][j], a, b[j][kk][0], b[j][kk][1]);
+                        else mma_bf16_16816(r.acc[i][j], a, b[j][kk][0], b[j][kk][1]);
+                    }
+                }
+            }
+        } else {
+            // ---- int8 / e4m3 micro-kernel (w8a8, w8a8_fp8, w4a8, w4a4): one k32 step per pack ----
+            uint32_t b[T::NT][2];
+#pragma unroll
+            for (int j = 0; j < T::NT; j++) {
+                const int row = wn0 + j * 8 + g;
+                const char *rp = stage + L::w_off + row * L::w_stride;
+                if constexpr (S::W == 8) {
+                    const uint32_t w0 = *reinterpret_cast<const uint32_t *>(rp + pack * 32 + 4 * t);
+                    const uint32_t w1 = *reinterpret_cast<const uint32_t *>(rp + pack * 32 + 16 + 4 * t);
+                    const uint32_t flip = S::mma == MmaKind::S8 ? 0x80808080u : 0u;  // int: u - 128 = u ^ 0x80
+                    b[j][0] = w0 ^ flip;
+                    b[j][1] = w1 ^ flip;
+                } else {  // W == 4: 16 bits at byte 2t and 8 + 2t of the 16-byte pack
+                    const uint32_t w0 = *reinterpret_cast<const uint32_t *>(rp + pack * 16 + 4 * (t >> 1));
+                    const uint32_t w1 = *reinterpret_cast<const uint32_t *>(rp + pack * 16 + 8 + 4 * (t >> 1));
+                    const uint32_t sel = (t & 1) ? 0x3322u : 0x1100u;  // the word's low or high 16 bits
+                    int z;
+                    if constexpr (S::sym) z = 8;
+                    else if constexpr (grouped) z = reinterpret_cast<const uint8_t *>(stage + L::z_off)[gi * T::BN + row];
+                    else z = z_col[j];
+                    const uint32_t z4 = 0x01010101u * static_cast<uint32_t>(z);
+                    b[j][0] = u4x4_minus_z(w0, sel, z4);
+                    b[j][1] = u4x4_minus_z(w1, sel, z4);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < T::MT; i++) {
+                uint32_t a[4];
+                if constexpr (S::A == AKind::INT4) {  // 16 packed bytes per row per pack; unpack to int8
+                    const char *r0 = stage + L::a_off + (wm0 + i * 16 + g) * L::a_stride + pack * 16;
+                    const char *r1 = r0 + 8 * L::a_stride;
+                    const uint32_t sel = (t & 1) ? 0x3322u : 0x1100u;
+                    const int off = 4 * (t >> 1);
+                    a[0] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r0 + off), sel);
+                    a[1] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r1 + off), sel);
+                    a[2] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r0 + 8 + off), sel);
+                    a[3] = int4x4_to_int8x4(*reinterpret_cast<const uint32_t *>(r1 + 8 + off), sel);
+                } else {
+                    const int row = wm0 + i * 16 + (lane & 15);
+                    ldmatrix_x4(a, slot + L::a_off + row * L::a_stride + pack * 32 + (lane >> 4) * 16);
+                }
+#pragma unroll
+                for (int j = 0; j < T::NT; j++) {
+                    if constexpr (S::mma == MmaKind::E4M3) mma_e4m3_16832(r.acc[i][j], a, b[j][0], b[j][1]);
+                    else mma_s8_16832(r.part[i][j], a, b[j][0], b[j][1]);
+                }
+            }
+        }
+
+        if constexpr (grouped) {
+            if (pack % packs_per_group == packs_per_group - 1) {  // fold the group: acc += part × s[group, column]
+                const __half *sc = reinterpret_cast<const __half *>(stage + L::s_off) + gi * T::BN;
+#pragma unroll
+                for (int j = 0; j < T::NT; j++) {
+                    const float2 s = __half22float2(*reinterpret_cast<const __half2 *>(sc + wn0 + j * 8 + 2 * t));
+#pragma unroll
+                    for (int i = 0; i < T::MT; i++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            float v;
+                            if constexpr (Accum<ID, T>::int_sums) v = small_int_to_float(r.part[i][j][e]);
+                            else v = r.part[i][j][e];
+                            r.acc[i][j][e] = fmaf(v, (e & 1) ? s.y : s.x, r.acc[i][j][e]);
+                        }
+                }
+            }
+        }
+    }
+}
+
+// Scale and store the warp's results: y[row, out_col + n] = bf16(acc × s[n] (per-channel) × s_x[row] (a8/a4)).
+template <int ID, class T>
+__device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, const mx_cuda_activations &acts,
+                                         uint16_t *y, int64_t ldy) {
+    using S = Scheme<ID>;
+    const mx_cuda_problem &p = *job.problem;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm0 = (warp / T::WARPS_N) * T::WM, wn0 = (warp % T::WARPS_N) * T::WN;
+    const float *row_scale = S::A == AKind::BF16 ? nullptr : act_row_scale<ID>(acts);
+#pragma unroll
+    for (int j = 0; j < T::NT; j++) {
+        const int col = job.n0 + wn0 + j * 8 + 2 * t;
+        if (col >= p.n) continue;  // n % 16 == 0: col < n implies col + 1 < n
+        float2 cs = make_float2(1.f, 1.f);
+        if constexpr (S::G < 0 && S::W < 16)
+            cs = __half22float2(*reinterpret_cast<const __half2 *>(static_cast<const __half *>(p.scales) + col));
+#pragma unroll
+        for (int i = 0; i < T::MT; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = wm0 + i * 16 + g + 8 * h;
+                if (row >= job.m_rows) continue;
+                float v0, v1;
+                if constexpr (Accum<ID, T>::int_sums && S::G < 0) {  // per-channel int8: the whole-K int32 sum
+                    v0 = __int2float_rn(r.part[i][j][2 * h]);
+                    v1 = __int2float_rn(r.part[i][j][2 * h + 1]);
+                } else {
+                    v0 = r.acc[i][j][2 * h];
+                    v1 = r.acc[i][j][2 * h + 1];
+                }
+                float rs = 1.f;
+                if constexpr (S::A != AKind::BF16) rs = row_scale[job.row0 + row];
+                const __nv_bfloat162 out = __floats2bfloat162_rn(v0 * cs.x * rs, v1 * cs.y * rs);
+                *reinterpret_cast<__nv_bfloat162 *>(y + (job.row0 + row) * ldy + p.out_col + col) = out;
+            }
+    }
+}
+
+// One tile of scheme ID with tile shape T: a stages-deep cp.async pipeline over K, then the epilogue.
+template <int ID, class T>
+__device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
+                         char *smem) {
+    using S = Scheme<ID>;
+    using L = Stage<ID, T>;
+    constexpr int stages = L::stages;
+    const mx_cuda_problem &p = *job.problem;
+    const int k_tiles = (p.k + L::BK - 1) / L::BK;
+    const uint32_t smem0 = smem_u32(smem);
+
+    Accum<ID, T> r;
+#pragma unroll
+    for (int i = 0; i < T::MT; i++)
+#pragma unroll
+        for (int j = 0; j < T::NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                r.acc[i][j][e] = 0.f;
+                r.part[i][j][e] = 0;
+            }
+
+    // Per-channel asym zero points of the lane's weight rows (g128 zeros come with each stage).
+    int z_col[T::NT];
+#pragma unroll
+    for (int j = 0; j < T::NT; j++) {
+        z_col[j] = 0;
+        if constexpr (!S::sym && S::G < 0) {
+            const int warp = threadIdx.x >> 5;
+            const int n = job.n0 + (warp % T::WARPS_N) * T::WN + j * 8 + ((threadIdx.x & 31) >> 2);
+            z_col[j] = n < p.n ? static_cast<const uint8_t *>(p.zeros)[n] : 0;
+        }
+    }
+
+    // Prologue: stages - 1 stages in flight.
+#pragma unroll
+    for (int s = 0; s < stages - 1; s++) {
+        if (s < k_tiles) load_stage<ID, T>(job, acts, s, smem0 + s * L::bytes);
+        cp_async_commit();
+    }
+    // Main loop: wait for stage kt, refill the slot freed by stage kt - 1, compute stage kt.
+    for (int kt = 0; kt < k_tiles; kt++) {
+        cp_async_wait<stages - 2>();
+        __syncthreads();  // stage kt visible to all warps; every warp is done with stage kt - 1
+        const int next = kt + stages - 1;
+        if (next < k_tiles) load_stage<ID, T>(job, acts, next, smem0 + (next % stages) * L::bytes);
+        cp_async_commit();
+        const int slot = kt % stages;
+        compute_stage<ID, T>(r, smem + slot * L::bytes, smem0 + slot * L::bytes, job, z_col);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the next tile may overwrite every slot
+    epilogue<ID, T>(r, job, acts, y, ldy);
+}
+
+template <int ID, class V>
+__device__ __forceinline__ void run_tile_any(bool fat, const TileJob &job, const mx_cuda_activations &acts,
+                                             uint16_t *y, int64_t ldy, char *smem) {
+    if (fat) run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
+    else run_tile<ID, typename V::Thin>(job, acts, y, ldy, smem);
+}
+
+/* ======================================== kernels ======================================== */
+
+// The persistent GEMM: claim tiles heaviest-first until the list is exhausted.
+template <class V>
+__global__ void __launch_bounds__(kThreads, V::min_blocks)
+    fused_grouped_gemm_kernel(const mx_cuda_problem *__restrict__ problems, Schedule sched,
+                              const mx_cuda_activations acts, uint16_t *__restrict__ y, int64_t ldy,
+                              int32_t n_problems) {
+    extern __shared__ __align__(128) char smem[];
+    __shared__ int claimed;
+    grid_dependency_wait();  // launched early (programmatic dependent launch): wait for the schedule kernel
+    const int total = *sched.total;
+    for (;;) {
+        if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
+        __syncthreads();
+        const int tile = claimed;
+        __syncthreads();  // everyone read `claimed` before thread 0 overwrites it
+        if (tile >= total) break;
+
+        // rank = the last r with tile_start[r] <= tile (binary search over n_problems + 1 entries)
+        int lo = 0, hi = n_problems;
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) >> 1;
+            if (sched.tile_start[mid] <= tile) lo = mid;
+            else hi = mid;
+        }
+        const TileGroup grp = sched.groups[lo];
+        const int local = tile - sched.tile_start[lo];
+        const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
+        const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
+        TileJob job;
+        job.problem = problems + grp.problem;
+        job.row0 = grp.row0 + (int64_t)m_tile * bm;
+        job.m_rows = min(bm, grp.rows - m_tile * bm);
+        job.n0 = n_tile * kBN;
+        const bool fat = grp.fat != 0;
+
+        switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
+        case MX_SCHEME_W16A16: run_tile_any<MX_SCHEME_W16A16, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A16_GN1_SYM: run_tile_any<MX_SCHEME_W8A16_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_GN1_ASYM: run_tile_any<MX_SCHEME_W4A16_GN1_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_G128_ASYM: run_tile_any<MX_SCHEME_W4A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W3A16_G128_ASYM: run_tile_any<MX_SCHEME_W3A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W2A16_G128_ASYM: run_tile_any<MX_SCHEME_W2A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM: run_tile_any<MX_SCHEME_W8A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM_FP8: run_tile_any<MX_SCHEME_W8A8_GN1_SYM_FP8, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_GN1_SYM: run_tile_any<MX_SCHEME_W4A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_G128_ASYM: run_tile_any<MX_SCHEME_W4A8_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_GN1_SYM: run_tile_any<MX_SCHEME_W4A4_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_G128_SYM: run_tile_any<MX_SCHEME_W4A4_G128_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        default: break;  // unreachable: the host checked the table
+        }
+    }
+}
+
+// Predicted time of one tile in ns on one SM (sorting key only): bytes at an SM's share of HBM + mma time.
+__device__ float tile_cost_ns(const mx_cuda_problem &p, int bm) {
+    int w_bits = 16, a_bits = 16;
+    bool int_mma = false;
+    switch (p.scheme_id) {
+    case MX_SCHEME_W16A16: break;
+    case MX_SCHEME_W8A16_GN1_SYM: w_bits = 8; break;
+    case MX_SCHEME_W4A16_GN1_ASYM:
+    case MX_SCHEME_W4A16_G128_ASYM: w_bits = 4; break;
+    case MX_SCHEME_W3A16_G128_ASYM: w_bits = 3; break;
+    case MX_SCHEME_W2A16_G128_ASYM: w_bits = 2; break;
+    case MX_SCHEME_W8A8_GN1_SYM:
+    case MX_SCHEME_W8A8_GN1_SYM_FP8: w_bits = 8; a_bits = 8; int_mma = true; break;
+    case MX_SCHEME_W4A8_GN1_SYM:
+    case MX_SCHEME_W4A8_G128_ASYM: w_bits = 4; a_bits = 8; int_mma = true; break;
+    default: w_bits = 4; a_bits = 4; int_mma = true; break;
+    }
+    const float bytes = (float)p.k * (kBN * w_bits + bm * a_bits) / 8.f;
+    const float flops = 2.f * bm * kBN * p.k;
+    const float bytes_per_ns = 23.f;                          // ~3 TB/s over 132 SMs
+    const float flops_per_ns = int_mma ? 7000.f : 3500.f;     // mma.sync s8 / bf16 per SM, ~70% of peak
+    return bytes / bytes_per_ns + flops / flops_per_ns;
+}
+
+// One block: rows per problem from the device row offsets, rank by per-tile cost, prefix-sum the tile counts,
+// reset the claim counter.  n_problems <= 1024 = blockDim.x.  fat_bm: the launched variant's fat tile rows.
+__global__ void __launch_bounds__(1024)
+    schedule_kernel(const mx_cuda_problem *__restrict__ problems, int32_t n_problems,
+                    const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, Schedule sched) {
+    __shared__ float cost[MX_CUDA_GEMM_MAX_PROBLEMS];
+    __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
+    __shared__ int warp_sums[32];
+    const int tid = threadIdx.x;
+    launch_dependents();  // let the GEMM's CTAs start now; they wait in grid_dependency_wait for our results
+    TileGroup mine{};
+    int my_tiles = 0;
+    if (tid < n_problems) {
+        const mx_cuda_problem &p = problems[tid];
+        const int64_t lo = clamp64(row_offsets[p.expert], 0, max_rows);
+        const int64_t hi = clamp64(row_offsets[p.expert + 1], lo, max_rows);
+        mine.problem = tid;
+        mine.rows = (int32_t)(hi - lo);
+        mine.row0 = lo;
+        mine.fat = mine.rows > kThinMaxRows;
+        mine.tiles_n = (p.n + kBN - 1) / kBN;
+        const int bm = mine.fat ? fat_bm : kThinMaxRows;
+        my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
+        cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm) : 0.f;
+    }
+    __syncthreads();
+    int rank = 0;
+    if (tid < n_problems) {
+        const float c = cost[tid];
+        for (int q = 0; q < n_problems; q++) {
+            const float cq = cost[q];
+            rank += (cq > c) || (cq == c && q < tid);
+        }
+        sched.groups[rank] = mine;
+        tiles_of_rank[rank] = my_tiles;
+    }
+    __syncthreads();
+    // Exclusive prefix sum of tiles_of_rank: warp scans, then a scan of the warp totals.
+    const int lane = tid & 31, warp = tid >> 5;
+    int v = tid < n_problems ? tiles_of_rank[tid] : 0;
+    for (int d = 1; d < 32; d <<= 1) {
+        const int u = __shfl_up_sync(0xffffffffu, v, d);
+        if (lane >= d) v += u;
+    }
+    if (lane == 31) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int w = lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0;
+        for (int d = 1; d < 32; d <<= 1) {
+            const int u = __shfl_up_sync(0xffffffffu, w, d);
+            if (lane >= d) w += u;
+        }
+        warp_sums[lane] = w;  // inclusive
+    }
+    __syncthreads();
+    const int inclusive = v + (warp > 0 ? warp_sums[warp - 1] : 0);
+    if (tid < n_problems) sched.tile_start[tid + 1] = inclusive;
+    if (tid == 0) {
+        sched.tile_start[0] = 0;
+        *sched.counter = 0;
+        *sched.total = warp_sums[31];
+    }
+}
+
+}  // namespace mx
+
+/* ======================================== host API (mx_cuda.h) ======================================== */
+
+static int act_format_of(int scheme_id) {
+    const mx_scheme *s = &mx_scheme_table[scheme_id].scheme;
+    if (s->a_bits == 16) return MX_CUDA_ACT_BF16;
+    if (s->a_bits == 4) return MX_CUDA_ACT_INT4;
+    return s->fmt == MX_FMT_FP8_E4M3 ? MX_CUDA_ACT_FP8 : MX_CUDA_ACT_INT8;
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+extern "C" enum mx_status mx_cuda_gemm_problems_check(const mx_cuda_problem *problems, int32_t n_problems,
+                                                      mx_cuda_problems_info *info, mx_error *err) {
+    if (!info) return mx_error_set(err, MX_ERR_INVALID_ARG, "info must not be NULL");
+    if (n_problems < 0 || n_problems > MX_CUDA_GEMM_MAX_PROBLEMS)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_problems=%d must be in [0, %d]", n_problems,
+                            MX_CUDA_GEMM_MAX_PROBLEMS);
+    if (n_problems > 0 && !problems) return mx_error_set(err, MX_ERR_INVALID_ARG, "problems must not be NULL");
+    mx_cuda_problems_info out = {0, 0, -1, n_problems, 0};
+    for (int32_t i = 0; i < n_problems; i++) {
+        const mx_cuda_problem *p = &problems[i];
+        if (p->scheme_id < 0 || p->scheme_id >= MX_SCHEME_COUNT)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d: scheme_id=%d is not a candidate scheme "
+                                "(0..%d)", i, p->scheme_id, MX_SCHEME_COUNT - 1);
+        const mx_scheme *s = &mx_scheme_table[p->scheme_id].scheme;
+        const char *name = mx_scheme_table[p->scheme_id].name;
+        if (p->n <= 0 || p->n % 16 != 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d (%s): n=%d must be a positive multiple of 16",
+                                i, name, p->n);
+        const int k_multiple = (s->group_size > 0 || s->w_bits < 4) ? 128 : 32;
+        if (p->k <= 0 || p->k % k_multiple != 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d (%s): k=%d must be a positive multiple of %d",
+                                i, name, p->k, k_multiple);
+        if (p->expert < 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d (%s): expert=%d is negative", i, name,
+                                p->expert);
+        if (p->out_col < 0 || p->out_col % 16 != 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d (%s): out_col=%d must be a non-negative "
+                                "multiple of 16", i, name, p->out_col);
+        if (!p->qweight || !aligned16(p->qweight))
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d (%s, n=%d, k=%d): qweight must be a non-NULL "
+                                "16-byte aligned device pointer", i, name, p->n, p->k);
+        const bool quantized = s->w_bits < 16;
+        if (quantized && (!p->scales || !aligned16(p->scales)))
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d (%s, n=%d, k=%d): scales must be a non-NULL "
+                                "16-byte aligned device pointer", i, name, p->n, p->k);
+        if (quantized && !s->symmetric && (!p->zeros || !aligned16(p->zeros)))
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "problem %d (%s, n=%d, k=%d): zeros must be a non-NULL "
+                                "16-byte aligned device pointer (asymmetric scheme)", i, name, p->n, p->k);
+        out.formats_mask |= 1 << act_format_of(p->scheme_id);
+        if (p->k > out.max_k) out.max_k = p->k;
+        if (p->expert > out.max_expert) out.max_expert = p->expert;
+        if ((int64_t)p->out_col + p->n > out.max_out_col_end) out.max_out_col_end = (int64_t)p->out_col + p->n;
+    }
+    *info = out;
+    return MX_OK;
+}
+
+extern "C" size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_problems) {
+    (void)max_rows;  // the schedule is per problem, not per row
+    if (n_problems < 0) n_problems = 0;
+    return (mx::schedule_bytes(n_problems) + 255) / 256 * 256;
+}
+
+// Launch one variant of the persistent kernel: one grid of min_blocks CTAs per SM, optionally as a programmatic
+// dependent of the schedule kernel before it on the stream.
+template <class V>
+static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule sched, const mx_cuda_activations *acts,
+                                uint16_t *d_y, int64_t ldy, int32_t n_problems, int sms, cudaStream_t s, bool pdl) {
+    cudaError_t e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         V::smem);
+    if (e != cudaSuccess) return e;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(sms * V::min_blocks);
+    config.blockDim = dim3(mx::kThreads);
+    config.dynamicSmemBytes = V::smem;
+    config.stream = s;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = pdl ? 1 : 0;
+    e = cudaLaunchKernelEx(&config, mx::fused_grouped_gemm_kernel<V>, d_problems, sched, *acts, d_y, ldy, n_problems);
+    return e != cudaSuccess ? e : cudaGetLastError();
+}
+
+extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
+                                             const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
+                                             const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
+                                             void *d_workspace, size_t workspace_bytes, void *stream,
+                                             mx_error *err) {
+    // ---- validate (O(1): scalars against the checked table's summary) ----
+    if (!info || !acts) return mx_error_set(err, MX_ERR_INVALID_ARG, "info and acts must not be NULL");
+    const int32_t n_problems = info->n_problems;
+    if (n_problems < 0 || n_problems > MX_CUDA_GEMM_MAX_PROBLEMS)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_problems=%d must be in [0, %d]", n_problems,
+                            MX_CUDA_GEMM_MAX_PROBLEMS);
+    if (max_rows < 0 || max_rows > INT32_MAX)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "max_rows=%lld must be in [0, 2^31)", (long long)max_rows);
+    if (n_problems == 0 || max_rows == 0) return MX_OK;  // nothing to compute
+    if (!d_problems || !d_row_offsets || !d_y || !d_workspace)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "problems, row_offsets, y and workspace must be device "
+                            "pointers, got NULL");
+    if (n_groups <= info->max_expert)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_groups=%d but a problem names expert %d", n_groups,
+                            info->max_expert);
+    if (workspace_bytes < mx_cuda_gemm_workspace_bytes(max_rows, n_problems) || !aligned16(d_workspace))
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "workspace: %zu bytes at %p, need %zu bytes, 16-byte "
+                            "aligned", workspace_bytes, d_workspace,
+                            mx_cuda_gemm_workspace_bytes(max_rows, n_problems));
+    if (ldy < info->max_out_col_end || ldy % 2 != 0 || ((uintptr_t)d_y & 3u))
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "ldy=%lld must be even and >= max(out_col + n)=%lld, y "
+                            "4-byte aligned", (long long)ldy, (long long)info->max_out_col_end);
+    if (acts->ld < info->max_k)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld < k=%d of a problem", (long long)acts->ld,
+                            info->max_k);
+    static const char *const format_names[MX_CUDA_ACT_FORMAT_COUNT] = {"bf16", "int8", "fp8", "int4"};
+    const void *act_ptr[MX_CUDA_ACT_FORMAT_COUNT] = {acts->d_bf16, acts->d_int8, acts->d_fp8, acts->d_int4};
+    const float *act_scale[MX_CUDA_ACT_FORMAT_COUNT] = {NULL, acts->d_scale_int8, acts->d_scale_fp8,
+                                                        acts->d_scale_int4};
+    const int ld_multiple[MX_CUDA_ACT_FORMAT_COUNT] = {8, 16, 16, 32};  // 16-byte aligned rows
+    for (int f = 0; f < MX_CUDA_ACT_FORMAT_COUNT; f++) {
+        if (!(info->formats_mask & (1 << f))) continue;
+        if (!act_ptr[f] || !aligned16(act_ptr[f]) || (f > 0 && !act_scale[f]))
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "a problem reads %s activations: their values (16-byte "
+                                "aligned) and per-row scales must be given", format_names[f]);
+        if (acts->ld % ld_multiple[f] != 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld must be a multiple of %d for %s rows",
+                                (long long)acts->ld, ld_multiple[f], format_names[f]);
+    }
+    int device = 0, sms = 0, major = 0, minor = 0, smem_optin = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "device query: %s", cudaGetErrorString(e));
+    if (major * 10 + minor < 80)
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs sm_80 or newer, device is sm_%d%d", major,
+                            minor);
+    if (smem_optin < mx::DecodeVariant::smem)
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs %d bytes of shared memory per block, device "
+                            "sm_%d%d offers %d", mx::DecodeVariant::smem, major, minor, smem_optin);
+    if ((info->formats_mask & (1 << MX_CUDA_ACT_FP8)) && major * 10 + minor < 89)
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
+                            "sm_%d%d", major, minor);
+
+    // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM) ----
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    mx::Schedule sched = mx::schedule_view(d_workspace, n_problems);
+    // Variant: prefill (big fat tiles, 1 CTA/SM) when the launch averages many rows per expert and the device has
+    // the shared memory for it (Hopper; an A100 runs the decode variant throughout), else decode.
+    const bool prefill = max_rows >= (int64_t)mx::kPrefillRowsPerGroup * n_groups &&
+                         smem_optin >= mx::PrefillVariant::smem;
+    const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
+    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm, sched);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
+    // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency
+    // to hide); a runtime that refuses the attribute gets the plain launch.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    e = cudaStreamIsCapturing(s, &capture);
+    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "stream query: %s", cudaGetErrorString(e));
+    const bool pdl = major >= 9 && capture == cudaStreamCaptureStatusNone;
+    e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl)
+                : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl);
+    if (e != cudaSuccess && pdl) {
+        (void)cudaGetLastError();
+        e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false)
+                    : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false);
+    }
+    if (e != cudaSuccess)
+        return mx_error_set(err, MX_ERR_CUDA, "fused GEMM launch (%d problems, max_rows=%lld): %s", n_problems,
+                            (long long)max_rows, cudaGetErrorString(e));
+    return MX_OK;
+}

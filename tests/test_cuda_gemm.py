@@ -1,0 +1,352 @@
+"""GPU tests of the fused mixed-precision grouped GEMM (mxmoe._cuda.gemm_*) against the C reference
+(mxmoe.ref_group_gemm) on canonical buffers from mxmoe.quantize_rtn.  The kernel tests skip without a usable CUDA
+device; the bad-input tests need only the built extension (validation happens before any device call)."""
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+import mxmoe
+
+_cuda = pytest.importorskip("mxmoe._cuda", reason="mxmoe._cuda is not built (no nvcc at build time)")
+
+needs_gpu = pytest.mark.skipif(not mxmoe.cuda_available(), reason=mxmoe.cuda_status())
+
+# Tolerances on ‖Y - Y_ref‖ / ‖Y_ref‖ (Frobenius), Y_ref from the C reference in f32.
+#  - a16 and int a8/a4: operands are exact on both sides (bf16 activations, integer codes, exact int32 sums);
+#    the differences are f32 summation order / scale-multiplication order (~1e-6) and the kernel's bf16 output
+#    rounding (relative 2^-9 per element at most, ~1.1e-3 RMS).
+OUT_BF16_TOL = 4e-3
+#  - fp8: Hopper's fp8 tensor cores accumulate with fewer mantissa bits than f32 over each k32 step, on top of
+#    the bf16 output rounding.
+OUT_FP8_TOL = 1e-2
+
+SCHEMES = [name for _, name, *_ in mxmoe._C.SCHEME_TABLE]
+FP8_SCHEMES = {"w8a8_g-1_sym_fp8"}
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _act_format(scheme: mxmoe.Scheme) -> str:
+    if scheme.a_bits == 16:
+        return "bf16"
+    if scheme.a_bits == 4:
+        return "int4"
+    return "fp8" if scheme.name.endswith("_fp8") else "int8"
+
+
+def _k_multiple(scheme: mxmoe.Scheme) -> int:
+    return 128 if (scheme.group_size > 0 or scheme.w_bits < 4) else 32
+
+
+class Layer:
+    """Device buffers of one fused launch: activations of every format, problems, row offsets, output."""
+
+    def __init__(self, x: np.ndarray, expert_rows: list[int], problems: list[tuple[str, int, int, int]],
+                 seed: int = 0, ldy_extra: int = 16, weights: list[np.ndarray] | None = None):
+        torch = _torch()
+        self.rng = np.random.default_rng(seed)
+        self.x = x  # f32 [rows, K], bf16-representable
+        self.rows, self.k = x.shape
+        self.expert_rows = expert_rows
+        self.row_offsets = np.concatenate([[0], np.cumsum(expert_rows)]).astype(np.int32)
+        assert self.row_offsets[-1] == self.rows
+        self.keep = []  # device tensors referenced by raw pointers
+        self.weights = []
+        records = []
+        self.max_col = 0
+        for index, (scheme_name, expert, n, out_col) in enumerate(problems):
+            W = weights[index] if weights is not None else self.rng.standard_normal((n, self.k)).astype(np.float32)
+            qw = mxmoe.quantize_rtn(W, scheme_name)
+            self.weights.append((scheme_name, expert, n, out_col, qw))
+            qweight = self._dev(qw.qweight.view(np.int16 if qw.qweight.dtype == np.uint16 else np.int32))
+            scales = self._dev(qw.scales) if qw.scales is not None else None
+            zeros = self._dev(qw.zeros) if qw.zeros is not None else None
+            records.append((scheme_name, expert, n, self.k, out_col, qweight.data_ptr(),
+                            scales.data_ptr() if scales is not None else 0,
+                            zeros.data_ptr() if zeros is not None else 0))
+            self.max_col = max(self.max_col, out_col + n)
+        self.table, self.info = _cuda.gemm_problems_pack(records)
+        self.d_table = self._dev(np.frombuffer(self.table, dtype=np.uint8).copy()) if records else None
+        self.ldy = self.max_col + ldy_extra
+        self.acts = {"bf16": self._dev_t(torch.from_numpy(x).to(torch.bfloat16))}
+        self.qacts = {}
+        formats = {_act_format(mxmoe.as_scheme(p[0])) for p in problems}
+        for fmt, scheme_name in (("int8", "w8a8_g-1_sym"), ("fp8", "w8a8_g-1_sym_fp8"), ("int4", "w4a4_g-1_sym")):
+            if fmt in formats and self.rows > 0:
+                qa = mxmoe.quantize_activations(x, scheme_name)
+                self.qacts[fmt] = qa
+                self.acts[fmt] = self._dev(qa.values.view(np.int8) if fmt == "int8" else qa.values)
+                self.acts["scale_" + fmt] = self._dev(qa.scales)
+        self.d_row_offsets = self._dev(self.row_offsets)
+        n_problems = len(records)
+        self.workspace_bytes = _cuda.gemm_workspace_bytes(max(self.rows, 1), n_problems)
+        self.workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device="cuda")
+
+    def _dev(self, array: np.ndarray):
+        return self._dev_t(_torch().from_numpy(np.ascontiguousarray(array)))
+
+    def _dev_t(self, tensor):
+        t = tensor.cuda()
+        self.keep.append(t)
+        return t
+
+    def acts_tuple(self, ld: int | None = None) -> tuple:
+        def ptr(name):
+            t = self.acts.get(name)
+            return t.data_ptr() if t is not None else 0
+
+        return (ptr("bf16"), ptr("int8"), ptr("fp8"), ptr("int4"), ptr("scale_int8"), ptr("scale_fp8"),
+                ptr("scale_int4"), self.k if ld is None else ld)
+
+    def run(self, **overrides):
+        torch = _torch()
+        y = torch.full((max(self.rows, 1), self.ldy), float("nan"), dtype=torch.bfloat16, device="cuda")
+        args = dict(problems=self.d_table.data_ptr() if self.d_table is not None else 0, info=self.info,
+                    row_offsets=self.d_row_offsets.data_ptr(), n_groups=len(self.expert_rows), max_rows=self.rows,
+                    acts=self.acts_tuple(), y=y.data_ptr(), ldy=self.ldy, workspace=self.workspace.data_ptr(),
+                    workspace_bytes=self.workspace_bytes, stream=torch.cuda.current_stream().cuda_stream)
+        args.update(overrides)
+        _cuda.gemm_fused(**args)
+        torch.cuda.synchronize()
+        return y.float().cpu().numpy()
+
+    def reference(self) -> np.ndarray:
+        """Y_ref [rows, ldy] f32 with NaN where no problem writes."""
+        y = np.full((max(self.rows, 1), self.ldy), np.nan, dtype=np.float32)
+        for scheme_name, expert, n, out_col, qw in self.weights:
+            lo, hi = self.row_offsets[expert], self.row_offsets[expert + 1]
+            if hi > lo:
+                y[lo:hi, out_col:out_col + n] = mxmoe.ref_group_gemm([(self.x[lo:hi], qw)])[0]
+        return y
+
+
+def _bf16_round(x: np.ndarray) -> np.ndarray:
+    torch = _torch()
+    return torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+
+
+def _random_x(rows: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # a few outlier channels, as real activations have: they stress the per-token scales
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    x[:, rng.integers(0, k, size=max(1, k // 64))] *= 8.0
+    return _bf16_round(x)
+
+
+def _check(layer: Layer, y: np.ndarray, tol: float, what: str) -> None:
+    ref = layer.reference()
+    written = ~np.isnan(ref)
+    assert not np.isnan(y[written]).any(), f"{what}: some outputs were not written (NaN poison survived)"
+    assert np.isnan(y[~written]).all(), f"{what}: the kernel wrote outside its problems' rows/columns"
+    if written.any():
+        err = np.linalg.norm(y[written] - ref[written]) / max(np.linalg.norm(ref[written]), 1e-30)
+        assert err <= tol, f"{what}: relative error {err:.3g} > {tol}"
+
+
+def _tol(scheme_name: str) -> float:
+    return OUT_FP8_TOL if scheme_name in FP8_SCHEMES else OUT_BF16_TOL
+
+
+def enumerate_expert_rows():
+    """Rows per expert: empty experts, 1 row, 17 rows (the first fat tile), one expert taking everything (70 = 64 + 6,
+    an M tail), and a launch averaging >= 48 rows per expert, which runs the prefill variant (128-row fat tiles:
+    300 = 2 * 128 + 44) with a thin expert (3 rows) in it."""
+    yield [0, 1, 17, 5]
+    yield [0, 0, 70, 0]
+    yield [3, 300, 0, 40]
+
+
+@needs_gpu
+@pytest.mark.parametrize("scheme_name", SCHEMES)
+@pytest.mark.parametrize("case", range(3))
+def test_gemm_fused_per_scheme(scheme_name, case):
+    scheme = mxmoe.as_scheme(scheme_name)
+    expert_rows = list(enumerate_expert_rows())[case]
+    # K off every stage size (128, and 256 / 384 / 512 for thin sub-8-bit tiles): 160 = 128 + 32 and 288 for
+    # per-channel schemes, 256 and 640 for g128; 1408 is Qwen1.5-MoE's expert width.  N = 144 and 272 are off the
+    # 128-column tile.
+    k = (160, 288, 1408)[case] if _k_multiple(scheme) == 32 else (256, 640, 1408)[case]
+    n = (144, 144, 272)[case]
+    x = _random_x(sum(expert_rows), k, seed=case)
+    problems = [(scheme_name, e, n, 16) for e in range(len(expert_rows))]
+    layer = Layer(x, expert_rows, problems, seed=case + 10)
+    _check(layer, layer.run(), _tol(scheme_name), f"{scheme_name=}, {expert_rows=}, {n=}, {k=}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("expert_rows", [[2, 0, 33, 1, 16, 90], [200, 0, 33, 1, 16, 190]],
+                         ids=["decode-variant", "prefill-variant"])
+def test_gemm_fused_mixed(expert_rows):
+    """One launch, every candidate scheme at once: gate and up of one expert in different schemes side by side in
+    Y's columns (up narrower, leaving a column gap that must stay untouched), thin and fat tiles, a long K; in both
+    kernel variants (the second averages >= 48 rows per expert)."""
+    k = 2048
+    x = _random_x(sum(expert_rows), k, seed=7)
+    problems = []
+    for e in range(len(expert_rows)):
+        problems += [(SCHEMES[2 * e], e, 256, 0), (SCHEMES[2 * e + 1], e, 128, 256 + 32)]
+    layer = Layer(x, expert_rows, problems, seed=3)
+    tol = max(_tol(p[0]) for p in problems)
+    _check(layer, layer.run(), tol, "mixed launch")
+
+
+@needs_gpu
+def test_gemm_fused_repeat_is_deterministic():
+    """The schedule resets its claim counter: two launches on the same workspace give bit-identical results."""
+    expert_rows = [5, 40, 0, 1]
+    x = _random_x(sum(expert_rows), 256, seed=11)
+    problems = [(s, e, 128, 0) for e, s in enumerate(["w4a16_g128_asym", "w8a8_g-1_sym", "w16a16", "w2a16_g128_asym"])]
+    layer = Layer(x, expert_rows, problems, seed=12)
+    first, second = layer.run(), layer.run()
+    np.testing.assert_array_equal(first, second)
+
+
+@needs_gpu
+def test_gemm_fused_cuda_graph():
+    """The pair of launches is graph-capturable and reads the rows per expert from the device at replay time."""
+    torch = _torch()
+    expert_rows = [7, 0, 20, 3]
+    x = _random_x(sum(expert_rows), 256, seed=21)
+    problems = [("w4a16_g128_asym", e, 128, 0) for e in range(4)] + [("w8a8_g-1_sym", e, 128, 128) for e in range(4)]
+    layer = Layer(x, expert_rows, problems, seed=22)
+    y = torch.full((layer.rows, layer.ldy), float("nan"), dtype=torch.bfloat16, device="cuda")
+    stream = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        args = dict(problems=layer.d_table.data_ptr(), info=layer.info, row_offsets=layer.d_row_offsets.data_ptr(),
+                    n_groups=4, max_rows=layer.rows, acts=layer.acts_tuple(), y=y.data_ptr(), ldy=layer.ldy,
+                    workspace=layer.workspace.data_ptr(), workspace_bytes=layer.workspace_bytes,
+                    stream=stream.cuda_stream)
+        _cuda.gemm_fused(**args)  # warm-up outside the graph (sets the kernel's shared-memory attribute)
+        stream.synchronize()
+        with torch.cuda.graph(graph, stream=stream):
+            _cuda.gemm_fused(**args)
+    # new routing, same total rows: the replay must follow the device row offsets
+    new_rows = [0, 25, 1, 4]
+    layer.expert_rows = new_rows
+    layer.row_offsets = np.concatenate([[0], np.cumsum(new_rows)]).astype(np.int32)
+    layer.d_row_offsets.copy_(torch.from_numpy(layer.row_offsets))
+    y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    _check(layer, y.float().cpu().numpy(), OUT_BF16_TOL, "graph replay with new row offsets")
+
+
+@needs_gpu
+def test_gemm_fused_mini_model():
+    """Real trained expert weights (models/qwen2moe-mini, layer 0 gate_proj of 4 experts) in a mixed plan."""
+    torch = _torch()
+    st = pytest.importorskip("safetensors.torch")
+    root = os.path.join(os.path.dirname(__file__), "..", "models", "qwen2moe-mini")
+    tensors = {}
+    for f in sorted(os.listdir(root)):
+        if f.endswith(".safetensors"):
+            tensors.update(st.load_file(os.path.join(root, f)))
+    blocks = [tensors[f"model.layers.0.mlp.experts.{e}.gate_proj.weight"].to(torch.float32).numpy() for e in range(4)]
+    n, k = blocks[0].shape
+    expert_rows = [9, 0, 1, 24]
+    x = _random_x(sum(expert_rows), k, seed=5)
+    plan = ["w4a16_g128_asym", "w8a8_g-1_sym", "w3a16_g128_asym", "w4a8_g128_asym"]
+    layer = Layer(x, expert_rows, [(plan[e], e, n, 0) for e in range(4)], weights=blocks)
+    _check(layer, layer.run(), OUT_BF16_TOL, "qwen2moe-mini layer 0 gate_proj, mixed plan")
+
+
+# ---- bad input: ValueError before any launch (these need the extension, not a GPU) ----
+
+def _record(**kw):
+    base = dict(scheme="w4a16_g128_asym", expert=0, n=128, k=256, out_col=0, qweight=4096, scales=8192,
+                zeros=12288)
+    base.update(kw)
+    return (base["scheme"], base["expert"], base["n"], base["k"], base["out_col"], base["qweight"], base["scales"],
+            base["zeros"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n=120), "n=120"),
+    (dict(n=0), "n=0"),
+    (dict(k=160), "k=160"),             # g128 needs k % 128
+    (dict(scheme="w3a16_g-1_asym"), "no GPU kernel"),
+    (dict(scheme=12), "scheme_id=12"),
+    (dict(expert=-1), "expert=-1"),
+    (dict(out_col=8), "out_col=8"),
+    (dict(qweight=0), "qweight"),
+    (dict(qweight=4100), "qweight"),    # not 16-byte aligned
+    (dict(scales=0), "scales"),
+    (dict(zeros=0), "zeros"),
+])
+def test_gemm_problems_pack_bad_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        _cuda.gemm_problems_pack([_record(), _record(**bad)])
+
+
+def test_gemm_problems_pack_type_errors():
+    with pytest.raises(TypeError):
+        _cuda.gemm_problems_pack([("w16a16", 0, 128)])
+    with pytest.raises(ValueError, match="at most"):
+        _cuda.gemm_problems_pack([_record()] * (_cuda.GEMM_MAX_PROBLEMS + 1))
+
+
+def test_gemm_problems_pack_info():
+    table, info = _cuda.gemm_problems_pack([_record(), _record(scheme="w8a8_g-1_sym", expert=3, n=64, k=512,
+                                                               out_col=128, zeros=0)])
+    assert len(table) == 2 * _cuda.PROBLEM_BYTES
+    formats_mask, max_k, max_expert, n_problems, max_out_col_end = info
+    assert formats_mask == (1 << _cuda.ACT_BF16) | (1 << _cuda.ACT_INT8)
+    assert (max_k, max_expert, n_problems, max_out_col_end) == (512, 3, 2, 192)
+
+
+def _fused_args(**overrides):
+    _, info = _cuda.gemm_problems_pack([_record()])
+    args = dict(problems=4096, info=info, row_offsets=4096, n_groups=1, max_rows=8,
+                acts=(4096, 0, 0, 0, 0, 0, 0, 256), y=4096, ldy=128, workspace=4096,
+                workspace_bytes=_cuda.gemm_workspace_bytes(8, 1), stream=0)
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_groups=0), "n_groups=0"),
+    (dict(ldy=64), "ldy=64"),
+    (dict(ldy=129), "ldy=129"),
+    (dict(workspace_bytes=16), "workspace"),
+    (dict(acts=(4096, 0, 0, 0, 0, 0, 0, 128)), "ld=128"),
+    (dict(acts=(0, 0, 0, 0, 0, 0, 0, 256)), "bf16 activations"),
+    (dict(acts=(4096, 0, 0, 0, 0, 0, 0, 260)), "ld=260"),
+    (dict(max_rows=-1), "max_rows=-1"),
+    (dict(y=0), "NULL"),
+])
+def test_gemm_fused_bad_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        _cuda.gemm_fused(**_fused_args(**bad))
+
+
+def test_gemm_fused_int8_needs_scales():
+    _, info = _cuda.gemm_problems_pack([_record(scheme="w8a8_g-1_sym", zeros=0)])
+    with pytest.raises(ValueError, match="int8 activations"):
+        _cuda.gemm_fused(**_fused_args(info=info, acts=(0, 4096, 0, 0, 0, 0, 0, 256)))
+
+
+def test_gemm_fused_empty_is_noop():
+    _, info = _cuda.gemm_problems_pack([])
+    _cuda.gemm_fused(**_fused_args(info=info))  # nothing to do: no device call at all
+    _cuda.gemm_fused(**_fused_args(max_rows=0))
+
+
+def test_gemm_workspace_bytes():
+    assert _cuda.gemm_workspace_bytes(0, 0) > 0
+    assert _cuda.gemm_workspace_bytes(10, 1024) >= 64 + 36 * 1024
+    with pytest.raises(ValueError):
+        _cuda.gemm_workspace_bytes(-1, 3)
+
+
+def test_device_status():
+    ok, message = _cuda.device_status()
+    assert isinstance(ok, bool) and isinstance(message, str) and message
