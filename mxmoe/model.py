@@ -10,7 +10,8 @@ Order of the steps and why:
 3. **Allocate** (:func:`mxmoe.allocate`) one scheme per (layer, expert, block) under the bit budget, or take the
    given ``plan`` after checking that it describes this model.
 4. **Quantize** each block with its scheme from the profile's Hessian (GPTQ) or by RTN.  Where the down block
-   quantizes its activations, its input space is rotated too (online Hadamard of size I): the weights are packed as
+   quantizes its activations, the layer's down inputs are rotated too (online Hadamard of size I, for every expert
+   of that layer, as the GPU layer applies it): the weights are packed as
    ``W_down H_Iᵀ`` with the Hessian ``H_I H H_Iᵀ`` and the module rotates the activations at run time.  Starved
    experts (too few calibration tokens) get the profile's documented Hessian fallback and are reported.
 5. **Swap**: each experts module becomes an :class:`mxmoe.MxMoEExperts`, each shared-expert projection an
@@ -230,9 +231,12 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
             li = layer.layer_index
             act = getattr(model.config, "hidden_act", "silu")
             weights, flags, shared_modules = [], [], []
+            # online Hadamard before down: per layer (every expert's down or none, as the GPU layer runs it),
+            # wherever some down block of the layer quantizes its activations
+            online = bool((rotate or prerotated) and any(
+                as_scheme(plan.scheme_for(li, e, "down")).quantizes_activations
+                for e in range(layer.num_total_experts)))
             for expert in range(layer.num_total_experts):
-                down_scheme = as_scheme(plan.scheme_for(li, expert, "down"))
-                online = bool((rotate or prerotated) and down_scheme.quantizes_activations)
                 quantized = []
                 for block in ("gate", "up", "down"):
                     scheme = as_scheme(plan.scheme_for(li, expert, block))
