@@ -10,6 +10,8 @@ expert intermediate 1408, top-6 routing.  Synthetic but structured inputs:
     max(weight + scale bytes / bandwidth, 2*M*N*K / peak) + activation read/quantize traffic + 3 us launch share.
 
     python bench/bench_allocate.py                 # writes bench/results/allocate-cpu.json
+    (scopes: "layer" = 26 per-layer problems, the 5 s target; "model" = one global problem; "model:N" = one global
+    problem over the first N layers)
     python bench/bench_allocate.py --scopes layer --no-write --timeout 600
 """
 from __future__ import annotations
@@ -91,6 +93,11 @@ def make_problem(tokens: int, seed: int) -> tuple[SyntheticProfile, np.ndarray, 
 
 def run_scope(args: argparse.Namespace, scope: str) -> dict:
     profile, loss, time_table = make_problem(args.tokens, args.seed)
+    if args.layers < LAYERS:   # the first `layers` layers only (model scope on a smaller model)
+        keep = np.array([b.layer < args.layers for b in profile.blocks])
+        profile = SyntheticProfile(profile.model_type, args.layers, ROUTED, TOP_K,
+                                   [b for b, k in zip(profile.blocks, keep) if k])
+        loss, time_table = loss[keep], time_table[keep]
     seconds = []
     for _ in range(args.repeat):
         start = time.perf_counter()
@@ -111,7 +118,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per scope (the minimum is reported)")
-    parser.add_argument("--scopes", nargs="+", default=["layer", "model"], choices=["layer", "model"])
+    parser.add_argument("--scopes", nargs="+", default=["layer", "model", "model:2", "model:4"],
+                        help="layer | model | model:N (model scope on the first N layers)")
+    parser.add_argument("--layers", type=int, default=LAYERS, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per scope (s)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                       "allocate-cpu.json"))
@@ -126,20 +135,25 @@ def main() -> None:
           f"= {LAYERS * (ROUTED + SHARED) * 3} blocks, wbits={args.wbits}, r={args.r}", flush=True)
     results = {}
     for scope in args.scopes:
-        child = [sys.executable, os.path.abspath(__file__), "--worker", scope, "--wbits", str(args.wbits), "--r",
-                 str(args.r), "--tokens", str(args.tokens), "--seed", str(args.seed), "--repeat", str(args.repeat)]
+        kind, _, layers = scope.partition(":")
+        if kind not in ("layer", "model"):
+            raise SystemExit(f"unknown scope {scope!r}")
+        child = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--wbits", str(args.wbits), "--r",
+                 str(args.r), "--tokens", str(args.tokens), "--seed", str(args.seed), "--repeat", str(args.repeat),
+                 "--layers", layers or str(LAYERS)]
         start = time.perf_counter()
         try:
             done = subprocess.run(child, capture_output=True, text=True, timeout=args.timeout, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
         except subprocess.TimeoutExpired:
-            result = {"seconds": None, "timed_out_after_s": args.timeout}
+            result = {"seconds": None, "timed_out_after_s": args.timeout, "layers": int(layers or LAYERS)}
             print(f"scope={scope:5s}: did not finish within {args.timeout:.0f} s", flush=True)
             results[scope] = result
             continue
         except subprocess.CalledProcessError as e:
             raise SystemExit(f"scope={scope} failed:\n{e.stderr}") from None
         result["wall_seconds_incl_setup"] = time.perf_counter() - start
+        result["layers"] = int(layers or LAYERS)
         results[scope] = result
         sizes = list(result["frontier_sizes"].values())
         print(f"scope={scope:5s}: {result['seconds']:8.3f} s, frontier points per problem: min {min(sizes)} / "

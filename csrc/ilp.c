@@ -413,6 +413,8 @@ typedef struct mckp {
     mckp_seg *segs;      /* hull segments of every group, by decreasing ratio */
     int n_segs;
     int *fixed;          /* [n_groups] item fixed by branching, or -1 */
+    int *core;           /* [n_groups] groups with two or more items (the others are constants) */
+    int n_core;
     int *lp_item;        /* [n_groups] item the node's LP takes in each free group */
     int *best_col;       /* [n_groups] incumbent, as GLPK columns */
     double *group_min;   /* [n_groups] scratch of the reduction */
@@ -431,13 +433,13 @@ static int cmp_seg(const void *x, const void *y) {
 
 static void mckp_free(mckp *k) {
     free(k->alive), free(k->start), free(k->w), free(k->c), free(k->col), free(k->hull), free(k->segs);
-    free(k->fixed), free(k->lp_item), free(k->best_col), free(k->order), free(k->group_min);
+    free(k->fixed), free(k->lp_item), free(k->best_col), free(k->order), free(k->group_min), free(k->core);
 }
 
 /* (Re)build items and hull segments from the alive columns (columns are stored group by group, see build_lp). */
 static void mckp_build(mckp *k) {
     int items = 0, j = 1;
-    k->n_segs = 0, k->free_w = 0, k->free_c = 0;
+    k->n_segs = 0, k->free_w = 0, k->free_c = 0, k->n_core = 0;
     for (int g = 0; g < k->n_groups; g++) {
         k->start[g] = items;
         int n = 0;
@@ -475,6 +477,8 @@ static void mckp_build(mckp *k) {
         }
         k->free_w += k->w[items], k->free_c += k->c[items];
         k->fixed[g] = -1;
+        k->lp_item[g] = items;
+        if (kept - items > 1) k->core[k->n_core++] = g;
         items = kept;
     }
     k->start[k->n_groups] = items;
@@ -489,7 +493,7 @@ static double mckp_bound(mckp *k, int *frac) {
     double room = k->cap - k->fixed_w - k->free_w;
     if (room < 0) return INFINITY;
     double bound = k->fixed_c + k->free_c;
-    for (int g = 0; g < k->n_groups; g++) k->lp_item[g] = k->start[g];
+    for (int q = 0; q < k->n_core; q++) k->lp_item[k->core[q]] = k->start[k->core[q]]; /* others never move */
     for (int i = 0; i < k->n_segs; i++) {
         const mckp_seg *sg = &k->segs[i];
         if (k->fixed[sg->group] >= 0) continue;
@@ -538,8 +542,8 @@ static void mckp_search(mckp *k) {
     double bound = mckp_bound(k, &frac);
     if (bound == INFINITY || mckp_prunes(k, bound)) return;
     if (frac < 0) { /* integral LP: optimal for this node */
-        for (int g = 0; g < k->n_groups; g++)
-            if (k->fixed[g] >= 0) k->lp_item[g] = k->fixed[g];
+        for (int q = 0; q < k->n_core; q++)
+            if (k->fixed[k->core[q]] >= 0) k->lp_item[k->core[q]] = k->fixed[k->core[q]];
         mckp_take(k, k->lp_item, bound);
         return;
     }
@@ -602,8 +606,9 @@ static enum mx_status mckp_solve(ilp_model *m, const double *obj, const double *
     k.hull = malloc(sizeof(int) * (size_t)(n + 1)), k.segs = malloc(sizeof(mckp_seg) * (size_t)(n + 1));
     k.fixed = malloc(sizeof(int) * (size_t)G), k.lp_item = malloc(sizeof(int) * (size_t)G);
     k.best_col = malloc(sizeof(int) * (size_t)G), k.group_min = malloc(sizeof(double) * (size_t)G);
+    k.core = malloc(sizeof(int) * (size_t)G);
     if (!k.alive || !k.start || !k.w || !k.c || !k.col || !k.order || !k.hull || !k.segs || !k.fixed || !k.lp_item ||
-        !k.best_col || !k.group_min) {
+        !k.best_col || !k.group_min || !k.core) {
         mckp_free(&k);
         return mx_error_set(err, MX_ERR_NOMEM, "out of memory (knapsack search of %d columns)", n);
     }

@@ -2,8 +2,8 @@
  *
  *   mx_cuda_route          3 launches: per-tile expert histogram -> one-block scan (row_offsets, per-tile bases)
  *                          -> stable rank of each (token, slot) pair inside its expert (warp match + per-warp
- *                          counts), plus the rows of shared groups and dropped pairs.  Deterministic: no global
- *                          atomics decide any position.
+ *                          counts), plus the rows of shared groups and dropped pairs; 1 launch doing all three
+ *                          when T·k <= 1024 (decode).  Deterministic: no global atomics decide any position.
  *   mx_cuda_gather_quant   one block per permuted row: gather hidden[token] with 16-byte loads, keep it in
  *                          registers, block max|x|, write bf16 / int8 / e4m3 / int4 copies the row's group reads.
  *   mx_cuda_act_mul_quant  same shape of kernel over y_gate_up rows: h = SiLU(gate)·up (+ randomized Hadamard
@@ -271,30 +271,17 @@ __global__ void __launch_bounds__(1024) route_scan_kernel(const int32_t *__restr
     }
 }
 
-// Stage 3. Blocks [0, n_tiles): the tile's pairs in kRouteTile / kRouteThreads rounds of kRouteThreads pairs; the
-// position of a pair = tile_base[tile, e] + pairs of e in earlier rounds (running[e]) + in earlier warps of this
+// Positions of the pairs of one tile (kRouteTile consecutive pairs), in kRouteTile / kRouteThreads rounds of
+// kRouteThreads pairs: position = base[e] + pairs of e in earlier rounds (running[e]) + in earlier warps of this
 // round (warp_counts) + in earlier lanes of its warp (__match_any_sync).  So positions follow pair order: stable.
-// Blocks [n_tiles, ...): rows after the routed ones: shared groups (token t of group j) and dropped pairs (-1).
-__global__ void __launch_bounds__(kRouteThreads) route_permute_kernel(
-    const int64_t *__restrict__ top_k_index, int64_t n_pairs, int k, int n_experts, int n_shared, int64_t T,
-    int64_t n_tiles, const int32_t *__restrict__ tile_base, const int32_t *__restrict__ row_offsets,
-    int32_t *__restrict__ perm_token, int32_t *__restrict__ inv_perm) {
-    if (blockIdx.x >= n_tiles) {
-        const int64_t o = (int64_t(blockIdx.x) - n_tiles) * kRouteThreads + threadIdx.x;
-        const int64_t n_valid = row_offsets[n_experts];
-        const int64_t tail = n_pairs - n_valid + int64_t(n_shared) * T; // rows after the routed ones
-        if (o < tail) perm_token[n_valid + o] = o < int64_t(n_shared) * T ? int32_t(o % T) : -1;
-        return;
-    }
-    extern __shared__ int32_t route_smem[];
-    int32_t *running = route_smem;                 // [E]
-    int32_t *warp_counts = route_smem + n_experts; // [kRouteWarps, E]
-    for (int i = threadIdx.x; i < (kRouteWarps + 1) * n_experts; i += blockDim.x) route_smem[i] = 0;
-    __syncthreads();
+// running [E] and warp_counts [kRouteWarps, E] are shared memory, zero at entry.
+__device__ __forceinline__ void permute_tile(const int64_t *__restrict__ top_k_index, int64_t n_pairs, int k,
+                                             int n_experts, int64_t tile, const int32_t *base, int32_t *running,
+                                             int32_t *warp_counts, int32_t *__restrict__ perm_token,
+                                             int32_t *__restrict__ inv_perm) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int32_t *base = tile_base + int64_t(blockIdx.x) * n_experts;
     for (int round = 0; round < kRouteTile / kRouteThreads; ++round) {
-        const int64_t first = int64_t(blockIdx.x) * kRouteTile + int64_t(round) * kRouteThreads;
+        const int64_t first = tile * kRouteTile + int64_t(round) * kRouteThreads;
         if (first >= n_pairs) break; // uniform over the block
         const int64_t p = first + threadIdx.x;
         int key = -2; // -2: past the end, -1: out-of-range expert, else the expert
@@ -327,6 +314,82 @@ __global__ void __launch_bounds__(kRouteThreads) route_permute_kernel(
         }
         __syncthreads();
     }
+}
+
+// Rows after the routed ones, offset o from n_valid: shared group j's token t at o = j·T + t, then dropped (-1).
+__device__ __forceinline__ void fill_tail(int64_t o, int64_t n_valid, int64_t n_pairs, int n_shared, int64_t T,
+                                          int32_t *__restrict__ perm_token) {
+    const int64_t tail = n_pairs - n_valid + int64_t(n_shared) * T;
+    if (o < tail) perm_token[n_valid + o] = o < int64_t(n_shared) * T ? int32_t(o % T) : -1;
+}
+
+// Stage 3. Blocks [0, n_tiles): permute_tile of their tile; blocks [n_tiles, ...): fill_tail, one row per thread.
+__global__ void __launch_bounds__(kRouteThreads) route_permute_kernel(
+    const int64_t *__restrict__ top_k_index, int64_t n_pairs, int k, int n_experts, int n_shared, int64_t T,
+    int64_t n_tiles, const int32_t *__restrict__ tile_base, const int32_t *__restrict__ row_offsets,
+    int32_t *__restrict__ perm_token, int32_t *__restrict__ inv_perm) {
+    if (blockIdx.x >= n_tiles) {
+        fill_tail((int64_t(blockIdx.x) - n_tiles) * kRouteThreads + threadIdx.x, row_offsets[n_experts], n_pairs,
+                  n_shared, T, perm_token);
+        return;
+    }
+    extern __shared__ int32_t route_smem[];
+    for (int i = threadIdx.x; i < (kRouteWarps + 1) * n_experts; i += blockDim.x) route_smem[i] = 0;
+    __syncthreads();
+    permute_tile(top_k_index, n_pairs, k, n_experts, blockIdx.x, tile_base + int64_t(blockIdx.x) * n_experts,
+                 route_smem, route_smem + n_experts, perm_token, inv_perm);
+}
+
+// All three stages in one block when the pairs fit one tile (T·k <= kRouteTile: decode and small batches), to
+// save two launches on the latency-bound path.  Thread t owns experts [t·per, (t+1)·per) for the scan.
+__global__ void __launch_bounds__(kRouteThreads) route_small_kernel(
+    const int64_t *__restrict__ top_k_index, int64_t n_pairs, int k, int n_experts, int n_shared, int64_t T,
+    int32_t *__restrict__ row_offsets, int32_t *__restrict__ perm_token, int32_t *__restrict__ inv_perm,
+    int32_t *__restrict__ dropped) {
+    extern __shared__ int32_t route_smem[];
+    __shared__ int32_t warp_sums[kRouteWarps];
+    __shared__ int32_t n_valid_shared;
+    int32_t *base = route_smem;                        // [E]: counts, then first row of each expert
+    int32_t *running = route_smem + n_experts;         // [E]
+    int32_t *warp_counts = route_smem + 2 * n_experts; // [kRouteWarps, E]
+    for (int i = threadIdx.x; i < (kRouteWarps + 2) * n_experts; i += blockDim.x) route_smem[i] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        const int64_t e = top_k_index[p];
+        if (e >= 0 && e < n_experts) atomicAdd(&base[e], 1);
+    }
+    __syncthreads();
+    const int per = (n_experts + kRouteThreads - 1) / kRouteThreads;
+    const int lo = min(int(threadIdx.x) * per, n_experts), hi = min(lo + per, n_experts);
+    int32_t local = 0;
+    for (int e = lo; e < hi; ++e) local += base[e];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int32_t incl = local;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const int32_t v = __shfl_up_sync(0xffffffffu, incl, offset);
+        if (lane >= offset) incl += v;
+    }
+    if (lane == 31) warp_sums[warp] = incl;
+    __syncthreads();
+    int32_t running_sum = incl - local;
+    for (int w = 0; w < warp; ++w) running_sum += warp_sums[w];
+    for (int e = lo; e < hi; ++e) { // counts -> exclusive prefix (each thread rewrites only its own experts)
+        const int32_t c = base[e];
+        base[e] = running_sum;
+        row_offsets[e] = running_sum;
+        running_sum += c;
+    }
+    if (threadIdx.x == blockDim.x - 1) { // its running_sum is now the total of valid pairs
+        n_valid_shared = running_sum;
+        for (int j = 0; j <= n_shared; ++j) row_offsets[n_experts + j] = running_sum + int32_t(j * T);
+        *dropped = int32_t(n_pairs - running_sum);
+    }
+    __syncthreads();
+    permute_tile(top_k_index, n_pairs, k, n_experts, 0, base, running, warp_counts, perm_token, inv_perm);
+    const int64_t n_valid = n_valid_shared;
+    for (int64_t o = threadIdx.x; o < n_pairs - n_valid + int64_t(n_shared) * T; o += blockDim.x)
+        fill_tail(o, n_valid, n_pairs, n_shared, T, perm_token);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -454,7 +517,8 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) x[v][i] = g[i] / (1.f + expf(-g[i])) * u[i]; // SiLU(g)·u in f32
     }
-    if (use_hadamard) hadamard_rotate<VPT>(x, valid, I, had, had_smem);
+    if (use_hadamard && (had.d_group_mask == nullptr || (group >= 0 && had.d_group_mask[group])))
+        hadamard_rotate<VPT>(x, valid, I, had, had_smem); // block-uniform condition: the barriers inside are safe
     float amax = 0.f;
 #pragma unroll
     for (int v = 0; v < VPT; ++v) {
@@ -594,6 +658,11 @@ extern "C" enum mx_status mx_cuda_route(const int64_t *d_top_k_index, int64_t T,
     }
     // dispatch
     const int64_t n_pairs = T * k, n_tiles = route_tiles(n_pairs);
+    if (n_tiles == 1) {
+        route_small_kernel<<<1, kRouteThreads, (kRouteWarps + 2) * n_experts * sizeof(int32_t), s>>>(
+            d_top_k_index, n_pairs, k, n_experts, n_shared, T, d_row_offsets, d_perm_token, d_inv_perm, d_dropped);
+        return route_check_launch("mx_cuda_route", err);
+    }
     int32_t *tile_counts = static_cast<int32_t *>(d_workspace);
     int32_t *tile_base = reinterpret_cast<int32_t *>(static_cast<char *>(d_workspace) +
                                                      align_up(size_t(n_tiles) * n_experts * sizeof(int32_t)));
@@ -653,7 +722,7 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
     if (n_rows > 0 && (!d_gate_up || !aligned16(d_gate_up) || !d_row_offsets))
         return route_error(err, MX_ERR_INVALID_ARG, "%s: gate_up must be a 16-byte aligned device pointer and "
                            "row_offsets non-NULL", fn);
-    mx_cuda_hadamard had = {nullptr, nullptr, 1};
+    mx_cuda_hadamard had = {nullptr, nullptr, 1, nullptr};
     size_t smem = 0;
     if (hadamard) {
         had = *hadamard;

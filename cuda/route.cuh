@@ -48,9 +48,11 @@ typedef struct mx_cuda_act_buffers {
  * with x indexed as x[a·2^p + b] (a < m, b < 2^p), H_{2^p} the Sylvester matrix (H[i][j] = (-1)^popcount(i&j)) and
  * B_m an m×m ±1 Hadamard matrix (1×1 [1] for powers of two).  Orthonormal. */
 typedef struct mx_cuda_hadamard {
-    const float *d_signs; /* [n] ±1, the random diagonal D */
-    const float *d_base;  /* [m, m] ±1, row-major (may be NULL when m == 1) */
-    int32_t m;            /* 1 <= m <= 64 */
+    const float *d_signs;       /* [n] ±1, the random diagonal D */
+    const float *d_base;        /* [m, m] ±1, row-major (may be NULL when m == 1) */
+    int32_t m;                  /* 1 <= m <= 64 */
+    const uint8_t *d_group_mask; /* [n_groups]: rotate the rows of group g only if mask[g] != 0 (NULL: every group);
+                                    dropped rows are zero either way */
 } mx_cuda_hadamard;
 
 /* Bytes of scratch mx_cuda_route needs for T tokens of k slots over n_experts experts. */

@@ -108,18 +108,20 @@ static PyObject *py_route_act_mul_quant(PyObject *self, PyObject *args) {
         return NULL;
     mx_cuda_act_buffers buffers;
     if (!parse_act_buffers(buffers_obj, &buffers)) return NULL;
-    mx_cuda_hadamard hadamard = {NULL, NULL, 1};
+    mx_cuda_hadamard hadamard = {NULL, NULL, 1, NULL};
     const mx_cuda_hadamard *hadamard_ptr = NULL;
     if (hadamard_obj != Py_None) {
-        unsigned long long signs, base;
+        unsigned long long signs, base, group_mask = 0;
         if (!PyTuple_Check(hadamard_obj) ||
-            !PyArg_ParseTuple(hadamard_obj, "KKi", &signs, &base, &hadamard.m)) {
+            !PyArg_ParseTuple(hadamard_obj, "KKi|K", &signs, &base, &hadamard.m, &group_mask)) {
             PyErr_Clear();
-            PyErr_SetString(PyExc_TypeError, "hadamard must be None or a tuple (signs_ptr, base_ptr, m)");
+            PyErr_SetString(PyExc_TypeError, "hadamard must be None or a tuple (signs_ptr, base_ptr, m[, "
+                                             "group_mask_ptr])");
             return NULL;
         }
         hadamard.d_signs = (const float *)as_ptr(signs);
         hadamard.d_base = (const float *)as_ptr(base);
+        hadamard.d_group_mask = (const uint8_t *)as_ptr(group_mask);
         hadamard_ptr = &hadamard;
     }
     mx_error err = {MX_OK, ""};
@@ -164,7 +166,8 @@ PyMethodDef mx_cuda_py_route_methods[] = {
      "buffers, stream): gather hidden rows in permuted order into bf16 / int8 / e4m3 / int4 (+ f32 scales)"},
     {"route_act_mul_quant", py_route_act_mul_quant, METH_VARARGS,
      "route_act_mul_quant(gate_up, ld_gate_up, n_rows, I, row_offsets, n_groups, group_formats, hadamard, buffers, "
-     "stream): SiLU(gate)*up (+ randomized Hadamard (signs, base, m)) and quantization for down's inputs"},
+     "stream): SiLU(gate)*up (+ randomized Hadamard (signs, base, m[, group_mask])) and quantization for down's "
+     "inputs"},
     {"route_combine", py_route_combine, METH_VARARGS,
      "route_combine(y, ldy, T, H, k, inv_perm, weights, weights_dtype, row_offsets, n_experts, n_shared, "
      "shared_gate, shared_gate_dtype, apply_sigmoid, out, ld_out, stream): out[t] = sum_slot w*y[inv_perm] "

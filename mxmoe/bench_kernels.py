@@ -306,6 +306,19 @@ def run(args: argparse.Namespace) -> dict:
     print(f"# {props.name}: copy {roof.copy_tb_s:.2f} TB/s, bf16 mm {roof.bf16_tflops:.0f} TFLOPS", flush=True)
     records: list[dict] = []
     baseline: dict[tuple, float] = {}
+    args.out_path = args.out or os.path.join("bench", "results", f"kernels-{gpu_tag(props.name)}.json")
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    def payload(entries: Sequence[dict] = (), complete: bool = False) -> dict:
+        summary, gains = geometric_means(records), fused_gains(records)
+        return {"gpu": props.name, "date": started, "complete": complete,
+                "command": " ".join(["python -m mxmoe bench kernels"] + list(args.argv)),
+                "roofline": {"copy_tb_s": roof.copy_tb_s, "bf16_tflops": roof.bf16_tflops},
+                "geomean_speedup_vs_bf16": [{"impl": i, "scope": s, "geomean": g, "configs": n}
+                                            for i, s, g, n in summary],
+                "geomean_mixed_fused_over_sequential": [{"scope": s, "geomean": g, "configs": n}
+                                                        for s, g, n in gains],
+                "records": list(records), "entries": list(entries)}
 
     def record(model: str, tokens: int, impl: str, scope: str, us: float, nbytes: float, flops: float,
                graph: bool, **extra: Any) -> None:
@@ -395,18 +408,16 @@ def run(args: argparse.Namespace) -> dict:
                                         "us": None, "error": f"{type(exc).__name__}: {exc}", **extra})
             del layer
             torch.cuda.empty_cache()
+        write_json_atomic(args.out_path, payload())  # partial results survive a time limit
 
     entries = kernel_profile(args, flush) if "profile" in args.impls else []
     summary = geometric_means(records)
     for impl, scope, g, n in summary:
         print(f"# geomean speedup vs torch bf16 grouped_mm, {scope:5s} {impl:32s} x{g:.2f} over {n} configs")
-    return {"gpu": props.name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m mxmoe bench kernels"] + list(args.argv)),
-            "roofline": {"copy_tb_s": roof.copy_tb_s, "bf16_tflops": roof.bf16_tflops},
-            "geomean_speedup_vs_bf16": [{"impl": i, "scope": s, "geomean": g, "configs": n}
-                                        for i, s, g, n in summary],
-            "records": records,
-            "entries": entries}
+    gains = fused_gains(records)
+    for scope, g, n in gains:
+        print(f"# geomean mixed fused over per-scheme sequential launches, {scope:5s} x{g:.2f} over {n} configs")
+    return payload(entries, complete=True)
 
 
 def kernel_profile(args: argparse.Namespace, flush: Any) -> list[dict]:
@@ -466,6 +477,19 @@ def gpu_tag(gpu_name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in lower).strip("-") or "gpu"
 
 
+def fused_gains(records: Sequence[dict]) -> list[tuple[str, float, int]]:
+    """Per scope: geometric mean over (model, tokens) of mxmoe_mixed_sequential µs / mxmoe_mixed_fused µs."""
+    times: dict[tuple, dict[str, float]] = {}
+    for r in records:
+        if r["impl"] in ("mxmoe_mixed_fused", "mxmoe_mixed_sequential") and r.get("us"):
+            times.setdefault((r["model_shape"], r["tokens"], r["scope"]), {})[r["impl"]] = float(r["us"])
+    per_scope: dict[str, list[float]] = {}
+    for (_, _, scope), t in times.items():
+        if len(t) == 2:
+            per_scope.setdefault(scope, []).append(t["mxmoe_mixed_sequential"] / t["mxmoe_mixed_fused"])
+    return [(scope, math.exp(sum(map(math.log, v)) / len(v)), len(v)) for scope, v in sorted(per_scope.items())]
+
+
 def write_json_atomic(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -479,10 +503,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(MODEL_SHAPES), choices=list(MODEL_SHAPES))
     p.add_argument("--tokens", nargs="+", type=int, default=list(DEFAULT_TOKENS))
     p.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES), help="uniform schemes to time")
-    p.add_argument("--impls", nargs="+", default=["torch_fp8_grouped_mm", "uniform", "mixed", "profile"],
+    p.add_argument("--impls", nargs="+", default=["torch_fp8_grouped_mm", "uniform", "mixed"],
                    choices=["torch_fp8_grouped_mm", "uniform", "mixed", "profile"],
                    help="what to time besides the torch bf16 baseline (always timed: ratios are against it); "
-                        "profile = the per-block kernel profile the allocator's cost model reads")
+                        "profile = the per-block kernel profile the allocator's cost model reads (\"entries\"; "
+                        "bench/bench_gemm.py --profile-out writes the same from the GEMM alone)")
     p.add_argument("--scopes", nargs="+", default=["layer", "gemm"], choices=["layer", "gemm"])
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
@@ -498,10 +523,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    payload = run(args)
-    out = args.out or os.path.join("bench", "results", f"kernels-{gpu_tag(payload['gpu'])}.json")
-    write_json_atomic(out, payload)
-    print(f"# wrote {len(payload['records'])} records to {out}")
+    result = run(args)
+    write_json_atomic(args.out_path, result)
+    print(f"# wrote {len(result['records'])} records and {len(result['entries'])} profile entries to "
+          f"{args.out_path}")
     return 0
 
 

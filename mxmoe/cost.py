@@ -171,15 +171,16 @@ class CostModel:
     def table(self, blocks, candidates: Sequence[SchemeLike], tokens: int, top_k: int | None = None) -> np.ndarray:
         """T [n_blocks, n_schemes] seconds at the expected token count of each block.
 
-        ``blocks``: a Profile or its ``blocks`` (a sequence of BlockInfo).  Routed expert e of a layer gets
+        ``blocks``: a Profile, its ``blocks`` (which carry ``top_k``) or a plain sequence of BlockInfo.  Routed expert e of a layer gets
         ``M_e = tokens * top_k * freq_e`` with ``freq_e`` = its share of the layer's routed assignments in
         calibration (so the layer's M_e sum to tokens * top_k); shared experts get ``tokens``.  ``top_k`` comes
         from the Profile; with bare BlockInfos it is taken from ``top_k=`` or, when the layer has shared experts,
         derived from their token count (= calibration tokens); otherwise ValueError.
         """
-        infos = list(getattr(blocks, "blocks", blocks))
+        source = getattr(blocks, "blocks", blocks)  # a Profile, its BlockList, or plain BlockInfos
+        infos = list(source)
         if top_k is None:
-            top_k = getattr(blocks, "top_k", None)
+            top_k = getattr(blocks, "top_k", None) or getattr(source, "top_k", None)
         schemes = [as_scheme(c) for c in candidates]
         expected = expected_tokens(infos, tokens, top_k)
         out = np.zeros((len(infos), len(schemes)))

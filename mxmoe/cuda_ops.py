@@ -6,6 +6,10 @@ cuda/sm90_mixed_grouped_gemm.cu).
                          shared_experts=[(gate_qw, up_qw, down_qw)])          # once: upload, problem tables
     out = layer(hidden, top_k_index, top_k_weights, shared_gate_logits=g)   # [T, H] bf16, no host sync
 
+mxmoe.experts.MxMoEExperts / MxMoELinear call ``experts_forward`` / ``linear_forward`` on CUDA tensors: the layer
+(or one fused GEMM, ``LinearCUDA``) is built on first use over zero-copy views of the module's packed buffer and
+cached on the module; the online Hadamard of down's inputs follows the module's per-expert flags and seed.
+
 Everything that can be decided once is decided in the constructor: packed weights are uploaded, the device problem
 tables of the two fused launches are built, and the activation formats each expert group reads are fixed.
 Per call the host work is O(1) Python plus 6-7 kernel launches on the current stream; scratch buffers are cached
@@ -21,7 +25,8 @@ from logits the caller computes (``shared_gate_logits = hidden @ shared_expert_g
 Bad input raises before any launch: dtype / shape / device / contiguity of the tensors (``check_forward_inputs``),
 and schemes without a kernel or shapes the kernels refuse (constructor).  Expert indices outside [0, E) cannot be
 checked without a host sync: those (token, slot) pairs contribute nothing, the count is kept on the device
-(``last_dropped``), and ``check_indices=True`` verifies them on the host first (one sync).
+(``last_dropped``), and ``check_indices=True`` verifies them on the host first (one sync).  NaN / Inf in the
+activations are not looked for on the GPU either (same reason): they propagate to the outputs of their tokens.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ import numpy as np
 
 from ._scheme import Scheme, as_scheme, scheme_id
 
-__all__ = ["MoELayerCUDA", "PackedBlock", "act_format", "check_forward_inputs", "hadamard_factors", "split_intermediate",
+__all__ = ["MoELayerCUDA", "LinearCUDA", "PackedBlock", "act_format", "check_forward_inputs", "experts_forward",
+           "hadamard_factors", "linear_forward", "split_intermediate", "torch_hadamard",
            "workspace_layout", "ACT_BF16", "ACT_INT8", "ACT_FP8", "ACT_INT4", "ACT_FORMAT_NAMES"]
 
 # enum mx_cuda_act_format (cuda/mx_cuda.h)
@@ -280,24 +286,35 @@ class MoELayerCUDA:
 
     def __init__(self, experts: Sequence[Sequence[Any]], top_k: int,
                  shared_experts: Sequence[Sequence[Any]] = (), device: Any = "cuda",
-                 down_hadamard: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
+                 down_hadamard: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 down_hadamard_experts: Optional[Sequence[bool]] = None) -> None:
         """experts: per routed expert (gate, up, down) QuantizedWeights ([I, H], [I, H], [H, I]); shared_experts:
         the same per shared expert ([I_s, H] ..., I_s a multiple of I); down_hadamard: (signs f32 [I] of ±1,
         base f32 [m, m] ±1 Hadamard with I = m·2^p) to rotate down's inputs online, y = (B ⊗ H_2^p)·diag(signs)·h/√I
-        (cuda/route.cuh), matching down weights rotated offline by the same transform."""
+        (cuda/route.cuh), matching down weights rotated offline by the same transform; down_hadamard_experts: which
+        experts (routed, then shared) get it (default: all)."""
         import torch
 
         groups = self._plan(experts, top_k, shared_experts)  # host-only checks first: no GPU needed to fail them
+        group_flags = None
         if down_hadamard is not None:
-            down_hadamard = _check_hadamard(down_hadamard, self.intermediate_size,
-                                            self.n_shared_groups != self.n_shared_experts)
+            n_all = self.n_experts + self.n_shared_experts
+            flags = [True] * n_all if down_hadamard_experts is None else [bool(f) for f in down_hadamard_experts]
+            if len(flags) != n_all:
+                raise ValueError(f"down_hadamard_experts has {len(flags)} flags for {self.n_experts} experts + "
+                                 f"{self.n_shared_experts} shared")
+            chunked = self.n_shared_groups != self.n_shared_experts and any(flags[self.n_experts:])
+            down_hadamard = _check_hadamard(down_hadamard, self.intermediate_size, chunked)
+            chunks = self.n_shared_groups // max(self.n_shared_experts, 1)
+            group_flags = np.array(flags[:self.n_experts] + [f for f in flags[self.n_experts:] for _ in range(chunks)],
+                                   np.uint8)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"device must be a CUDA device, got {self.device}")
         self._cuda = _cuda_module()
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self._upload(groups, down_hadamard)
+        self._upload(groups, down_hadamard, group_flags)
         self._workspace: dict[str, Any] = {}
         self._capacity = 0
 
@@ -352,7 +369,8 @@ class MoELayerCUDA:
         return groups
 
     def _upload(self, groups: list[tuple[PackedBlock, PackedBlock, PackedBlock]],
-                down_hadamard: Optional[tuple[np.ndarray, np.ndarray]]) -> None:
+                down_hadamard: Optional[tuple[np.ndarray, np.ndarray]],
+                group_flags: Optional[np.ndarray] = None) -> None:
         import torch
 
         I = self.intermediate_size
@@ -402,8 +420,10 @@ class MoELayerCUDA:
             signs, base = down_hadamard
             m = base.shape[0]
             signs_t, base_t = torch.from_numpy(signs).to(self.device), torch.from_numpy(base).to(self.device)
-            self._tensors += [signs_t, base_t]
-            self._hadamard = (signs_t.data_ptr(), base_t.data_ptr(), m)
+            mask_t = torch.from_numpy(group_flags if group_flags is not None else
+                                      np.ones(len(groups), np.uint8)).to(self.device)
+            self._tensors += [signs_t, base_t, mask_t]
+            self._hadamard = (signs_t.data_ptr(), base_t.data_ptr(), m, mask_t.data_ptr())
 
     def _tables(self, problems: list[tuple]) -> dict[str, Any]:
         """The fused table (every problem) and one table per scheme (the sequential baseline), on the device."""
@@ -532,3 +552,184 @@ class MoELayerCUDA:
     def last_dropped(self) -> Any:
         """Device int32 [1]: (token, slot) pairs of the last call whose expert index was out of range."""
         return self._workspace.get("dropped")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers integration: the CUDA path of mxmoe.experts.MxMoEExperts / MxMoELinear
+# ---------------------------------------------------------------------------------------------------------------
+
+_PACKED_PARTS = ("qweight", "scales", "zeros")  # the order of mxmoe.experts' segments table
+_SILU_NAMES = ("silu", "swish")
+
+
+def _segment_block(packed: Any, segments: np.ndarray, index: int, scheme: Scheme, n: int, k: int) -> PackedBlock:
+    """Zero-copy device view of block `index` of a module's flat packed buffer (mxmoe.experts layout)."""
+    import torch
+
+    from .experts import packed_shapes
+
+    torch_dtypes = {np.dtype(np.uint32): torch.int32, np.dtype(np.uint16): torch.int16,
+                    np.dtype(np.float16): torch.float16, np.dtype(np.uint8): torch.uint8}
+    parts: dict[str, Any] = {"qweight": None, "scales": None, "zeros": None}
+    for part, (shape, dtype) in packed_shapes(scheme, n, k).items():
+        offset, length = (int(v) for v in segments[index, _PACKED_PARTS.index(part)])
+        if offset % 16 or offset + length > packed.numel():
+            raise ValueError(f"packed block {index} {part}: bytes [{offset}, {offset + length}) are not a 16-byte "
+                             f"aligned segment of the {packed.numel()}-byte buffer")
+        parts[part] = packed[offset:offset + length].view(torch_dtypes[np.dtype(dtype)]).view(shape)
+    return PackedBlock(scheme, n, k, parts["qweight"], parts["scales"], parts["zeros"])
+
+
+def torch_hadamard(x: Any, signs: Any, base: Any) -> Any:
+    """kron_hadamard on torch tensors (f32 math): (B ⊗ H_{2^p}) · diag(signs) · x / √n along the last axis."""
+    import torch
+
+    n, m = x.shape[-1], base.shape[0]
+    p = n // m
+    lead = x.shape[:-1]
+    z = (x.float() * signs.float()).reshape(-1, m, p)
+    half = 1
+    while half < p:
+        v = z.reshape(z.shape[0], m, p // (2 * half), 2, half)
+        z = torch.stack((v[..., 0, :] + v[..., 1, :], v[..., 0, :] - v[..., 1, :]), dim=-2).reshape(-1, m, p)
+        half *= 2
+    return (torch.einsum("ab,rbp->rap", base.float(), z) / float(np.sqrt(n))).reshape(*lead, n)
+
+
+def _cached(module: Any, key: tuple, build: Any) -> Any:
+    cache = module.__dict__.get("_mxmoe_cuda_cache")
+    if cache is None or cache[0] != key:
+        cache = (key, build())
+        module.__dict__["_mxmoe_cuda_cache"] = cache
+    return cache[1]
+
+
+def experts_forward(module: Any, hidden_states: Any, top_k_index: Any, top_k_weights: Any) -> Any:
+    """MxMoEExperts.forward on CUDA tensors: a MoELayerCUDA over zero-copy views of the module's packed buffer,
+    built on first use and cached on the module (rebuilt when the buffer moves or top_k changes)."""
+    import torch
+
+    if module.act_name not in _SILU_NAMES:
+        raise ValueError(f"the GPU experts path implements SiLU·up only, the model uses act_fn={module.act_name!r}")
+    if hidden_states.dim() != 2 or top_k_index.dim() != 2:
+        raise ValueError(f"hidden_states must be [T, H] and top_k_index [T, k], got {tuple(hidden_states.shape)} "
+                         f"and {tuple(top_k_index.shape)}")
+    packed, top_k = module.packed, int(top_k_index.shape[1])
+    if packed.device != hidden_states.device:
+        raise ValueError(f"hidden_states is on {hidden_states.device} but the experts' weights are on {packed.device}")
+
+    def build() -> MoELayerCUDA:
+        segments = module.segments.cpu().numpy()
+        specs = module._block_specs()
+        experts = [tuple(_segment_block(packed, segments, 3 * e + b, *specs[3 * e + b]) for b in range(3))
+                   for e in range(module.num_experts)]
+        flags = [bool(f) for f in module.down_hadamard.tolist()]
+        hadamard = hadamard_factors(module.intermediate_size, module.hadamard_seed) if any(flags) else None
+        return MoELayerCUDA(experts, top_k=top_k, device=packed.device, down_hadamard=hadamard,
+                            down_hadamard_experts=flags if hadamard is not None else None)
+
+    layer = _cached(module, (packed.data_ptr(), str(packed.device), top_k), build)
+    dtype = hidden_states.dtype
+    hidden = hidden_states if dtype in (torch.bfloat16, torch.float16) else hidden_states.to(torch.bfloat16)
+    weights = top_k_weights if top_k_weights.dtype in (torch.bfloat16, torch.float32, torch.float16) else \
+        top_k_weights.float()
+    out = layer(hidden.contiguous(), top_k_index.to(torch.int64).contiguous(), weights.contiguous())
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+class LinearCUDA:
+    """One packed linear block y = x·Wᵀ on the GPU (MxMoELinear: shared experts): per-token quantization of x where
+    the scheme needs it (route_gather_quant with the identity permutation), then one fused GEMM launch."""
+
+    def __init__(self, block: PackedBlock, device: Any,
+                 input_hadamard: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
+        import torch
+
+        self._cuda = _cuda_module()
+        self.device = torch.device(device)
+        if not block.scheme.is_candidate:
+            raise ValueError(f"scheme {block.scheme} has no GPU kernel (not a candidate scheme)")
+        self.block, self.format = block, act_format(block.scheme)
+        self.in_features, self.out_features = block.in_features, block.out_features
+        ptr = (lambda a: 0 if a is None else a.data_ptr())
+        table, self._info = self._cuda.gemm_problems_pack([(scheme_id(block.scheme), 0, block.out_features,
+                                                            block.in_features, 0, ptr(block.qweight),
+                                                            ptr(block.scales), ptr(block.zeros))])
+        self._table = torch.frombuffer(bytearray(table), dtype=torch.uint8).to(self.device)
+        self._hadamard = None
+        if input_hadamard is not None:
+            signs, base = _check_hadamard(input_hadamard, self.in_features, False)
+            self._hadamard = (torch.from_numpy(signs).to(self.device), torch.from_numpy(base).to(self.device))
+        self._offsets = torch.zeros(2, dtype=torch.int32, device=self.device)
+        self._capacity, self._ws = 0, {}
+
+    def _buffers(self, rows: int) -> dict[str, Any]:
+        import torch
+
+        if rows <= self._capacity:
+            return self._ws
+        K, dev = self.in_features, self.device
+        ws = {"perm": torch.arange(rows, dtype=torch.int32, device=dev),
+              "gemm": torch.empty(max(self._cuda.gemm_workspace_bytes(rows, 1), 1), dtype=torch.uint8, device=dev)}
+        if self.format == ACT_INT8:
+            ws["int8"] = torch.empty(rows, K, dtype=torch.int8, device=dev)
+        elif self.format == ACT_FP8:
+            ws["fp8"] = torch.empty(rows, K, dtype=torch.uint8, device=dev)
+        elif self.format == ACT_INT4:
+            ws["int4"] = torch.empty(rows, K // 2, dtype=torch.uint8, device=dev)
+        if self.format != ACT_BF16:
+            ws["scale"] = torch.empty(rows, dtype=torch.float32, device=dev)
+        self._ws, self._capacity = ws, rows
+        return ws
+
+    def __call__(self, x: Any) -> Any:
+        """x: [M, K] bf16 contiguous CUDA -> [M, N] bf16."""
+        import torch
+
+        M, K = x.shape
+        y = torch.empty(M, self.out_features, dtype=torch.bfloat16, device=self.device)
+        if M == 0:
+            return y
+        if self._hadamard is not None:
+            x = torch_hadamard(x, *self._hadamard).to(torch.bfloat16).contiguous()
+        ws = self._buffers(M)
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        self._offsets[1:].fill_(M)
+        if self.format == ACT_BF16:
+            acts = (x.data_ptr(), 0, 0, 0, 0, 0, 0, K)
+        else:
+            q = ws[ACT_FORMAT_NAMES[self.format]].data_ptr()
+            s = ws["scale"].data_ptr()
+            acts = {ACT_INT8: (0, q, 0, 0, s, 0, 0, K), ACT_FP8: (0, 0, q, 0, 0, s, 0, K),
+                    ACT_INT4: (0, 0, 0, q, 0, 0, s, K)}[self.format]
+            self._cuda.route_gather_quant(x.data_ptr(), K, M, K, ws["perm"].data_ptr(), M, self._offsets.data_ptr(),
+                                          1, 0, acts, stream)
+        self._cuda.gemm_fused(self._table.data_ptr(), self._info, self._offsets.data_ptr(), 1, M, acts, y.data_ptr(),
+                              self.out_features, ws["gemm"].data_ptr(), ws["gemm"].numel(), stream)
+        return y
+
+
+def linear_forward(module: Any, x: Any) -> Any:
+    """MxMoELinear.forward on CUDA tensors (LinearCUDA over a zero-copy view of the module's packed buffer)."""
+    import torch
+
+    if x.shape[-1] != module.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, expected {module.in_features}")
+    packed = module.packed
+    if packed.device != x.device:
+        raise ValueError(f"input is on {x.device} but the linear's weights are on {packed.device}")
+
+    def build() -> LinearCUDA:
+        block = _segment_block(packed, module.segments.cpu().numpy(), 0, module._scheme, module.out_features,
+                               module.in_features)
+        rotate = bool(module.input_hadamard.item())
+        return LinearCUDA(block, packed.device,
+                          hadamard_factors(module.in_features, module.hadamard_seed) if rotate else None)
+
+    linear = _cached(module, (packed.data_ptr(), str(packed.device)), build)
+    lead = x.shape[:-1]
+    y = linear(x.reshape(-1, module.in_features).to(torch.bfloat16).contiguous())
+    out = y.to(x.dtype).reshape(*lead, module.out_features)
+    if module.bias is not None:
+        out = out + module.bias
+    return out

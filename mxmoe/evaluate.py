@@ -101,7 +101,8 @@ def _run_priority(config: dict) -> int:
 class _Workbench:
     """A float32 base model, its rotated twin and one profile of each, reused by every configuration."""
 
-    def __init__(self, model_dir: str, calib_text: str, n_samples: int, seq_len: int = 512, seed: int = 0):
+    def __init__(self, model_dir: str, calib_text: str, n_samples: int, seq_len: int = 512, seed: int = 0,
+                 cache_dir: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,6 +113,32 @@ class _Workbench:
         self.windows = calibration_windows(calib_text, self.tokenizer, seq_len, n_samples, seed)
         self._rotated = None
         self._profiles: dict[bool, Any] = {}
+        self._losses: dict[tuple, Any] = {}
+        self.cache_dir = Path(cache_dir) if cache_dir else None  # profiles and loss tables survive restarts
+        if self.cache_dir:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def _cache_path(self, kind: str, rotated: bool, extra: str = "") -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = f"{kind}-{'rot' if rotated else 'plain'}-n{self.windows.shape[0]}-s{self.seq_len}-seed{self.seed}{extra}"
+        return self.cache_dir / key
+
+    def loss(self, rotated: bool, candidates: list) -> Any:
+        """The loss table of the (rotated) model for these candidates, computed once (and cached on disk)."""
+        key = (rotated, tuple(c.name for c in candidates))
+        if key not in self._losses:
+            import hashlib
+            digest = hashlib.sha1(",".join(key[1]).encode()).hexdigest()[:10]
+            path = self._cache_path("loss", rotated, f"-{digest}.npy")
+            if path is not None and path.exists():
+                self._losses[key] = np.load(path)
+            else:
+                from .loss import estimate_loss
+                self._losses[key] = estimate_loss(self.profile(rotated), candidates, model=self.model(rotated))
+                if path is not None:
+                    np.save(path, self._losses[key])
+        return self._losses[key]
 
     def model(self, rotated: bool) -> Any:
         import copy
@@ -129,8 +156,15 @@ class _Workbench:
             if model is None:
                 self.model(True)
                 model = self._rotated
-            self._profiles[rotated] = profile(model, self.windows, seq_len=self.seq_len,
-                                              n_samples=self.windows.shape[0])
+            path = self._cache_path("profile", rotated, ".npz")
+            if path is not None and path.exists():
+                from .profile import Profile
+                self._profiles[rotated] = Profile.load(str(path))
+            else:
+                self._profiles[rotated] = profile(model, self.windows, seq_len=self.seq_len,
+                                                  n_samples=self.windows.shape[0])
+                if path is not None:
+                    self._profiles[rotated].save(str(path))
         return self._profiles[rotated]
 
     def build(self, config: dict) -> Any:
@@ -152,8 +186,12 @@ class _Workbench:
             plan = Plan.uniform(prof, config["scheme"])
             return quantize(model, self.windows, plan=plan, method=config["method"], rotate=False,
                             prerotated=rotated, profile=prof, seed=self.seed)
-        return quantize(model, self.windows, wbits=config["wbits"], abits=config["abits"], r=config["r"],
-                        method=config["method"], rotate=False, prerotated=rotated, profile=prof, seed=self.seed)
+        from .model import candidate_pool, make_plan
+        candidates = candidate_pool(prof, config["abits"], config.get("candidates"))
+        plan = make_plan(model, prof, config["wbits"], abits=config["abits"], r=config["r"], candidates=candidates,
+                         seed=self.seed, loss=self.loss(rotated, candidates))
+        return quantize(model, self.windows, plan=plan, method=config["method"], rotate=False, prerotated=rotated,
+                        profile=prof, seed=self.seed)
 
 
 def _machine() -> dict:
@@ -192,7 +230,8 @@ def _report_fields(model: Any) -> dict:
 
 
 def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples: int = 128,
-                       only: list[str] | None = None, model_dir: str | None = None) -> int:
+                       only: list[str] | None = None, model_dir: str | None = None,
+                       cache_dir: str | None = None) -> int:
     """Every accuracy_configs() row on the mini model: PPL on WikiText-2 test (seq 512), written (atomically,
     after every row, so a long run can be followed) to ``out_path``.  Quantized rows run the packed weights through
     the C reference GroupGEMM (the CPU inference path)."""
@@ -203,7 +242,7 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
     model_dir = model_dir or str(root / "models" / "qwen2moe-mini")
     test_text = (root / "data" / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
     calib_text = (root / "data" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")
-    bench = _Workbench(model_dir, calib_text, n_samples)
+    bench = _Workbench(model_dir, calib_text, n_samples, cache_dir=cache_dir)
     out = Path(out_path)
     previous = json.loads(out.read_text()) if only and out.exists() else None
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -239,6 +278,11 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
     return 0
 
 
+# the demo's candidate set: the four weight-only schemes that matter at 2-4 bits (the loss table is computed per
+# candidate, so fewer candidates keep the demo within minutes on a 2-core CPU)
+DEMO_CANDIDATES = ("w2a16_g128_asym", "w3a16_g128_asym", "w4a16_g128_asym", "w8a16_g-1_sym")
+
+
 def run_demo(out_dir: str = "out/qwen2moe-mini-mxmoe", wbits: float = 3.25, n_samples: int = 32,
              max_windows: int = 40) -> int:
     """The README's main job: quantize the bundled mini model at ``wbits`` and compare with bf16 and uniform GPTQ
@@ -256,7 +300,7 @@ def run_demo(out_dir: str = "out/qwen2moe-mini-mxmoe", wbits: float = 3.25, n_sa
     bench = _Workbench(model_dir, calib_text, n_samples)
     print("[2/4] rotating, profiling and allocating", flush=True)
     mx_config = {"name": f"mxmoe w{wbits} r0.75", "kind": "mxmoe", "wbits": wbits, "abits": None, "r": 0.75,
-                 "method": "gptq", "rotate": True}
+                 "method": "gptq", "rotate": True, "candidates": DEMO_CANDIDATES}
     mx_model = bench.build(mx_config)
     print(mx_model.mxmoe_plan.summary())
     uniform = {2.25: "w2a16_g128_asym", 3.25: "w3a16_g128_asym", 4.25: "w4a16_g128_asym"}

@@ -7,7 +7,8 @@
 Both return f64 [n_blocks, n_schemes] in the SAME units — the squared L2 change of the MoE layer's output
 summed over calibration tokens — so entries are comparable across experts, blocks and layers and add up (errors of
 different blocks are treated as uncorrelated, the ILP's assumption).  ``model`` must be the model the profile was
-taken from (its weights are what gets quantized); each block is quantized with ``mxmoe.quantize_rtn`` (the
+taken from (its weights are what gets quantized; ``model=None`` uses ``profile.model``, the profiled model while
+it is alive in this process); each block is quantized with ``mxmoe.quantize_rtn`` (the
 allocator's candidates are compared under RTN; GPTQ lowers all of them roughly alike).
 
 Proxy (``method="proxy"``).  The MoE output is ``y = sum_k w_k expert_k(x)`` (+ shared experts), so an error on
@@ -52,7 +53,10 @@ def estimate_loss(profile, candidates: Sequence[SchemeLike], model=None, method:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if model is None:
-        raise ValueError("estimate_loss needs the model the profile was taken from (its weights are quantized)")
+        model = getattr(profile, "model", None)
+    if model is None:
+        raise ValueError("estimate_loss needs the model the profile was taken from (its weights are quantized): "
+                         "pass model=, or call it while the model mxmoe.profile ran on is still alive")
     if not schemes:
         raise ValueError("candidates is empty")
     refs = _check_model(profile, model)
@@ -173,7 +177,8 @@ def _act_quant_experts_forward(experts, hidden, top_k_index, top_k_weights):
         def maybe_q(rows, block):
             if quantized is None or quantized[1] != block:
                 return rows
-            return torch.from_numpy(_quantize_rows(rows.detach().float().numpy(), quantized[2])).to(rows.dtype)
+            quantized_rows = _quantize_rows(rows.detach().float().cpu().numpy(), quantized[2])
+            return torch.from_numpy(quantized_rows).to(rows.device, rows.dtype)
 
         if quantized is not None and quantized[1] in ("gate", "up"):
             gate = torch.nn.functional.linear(maybe_q(x, "gate"), experts.gate_up_proj[expert, :width])
@@ -258,19 +263,17 @@ def _layer_out_of_layer(profile, schemes, model, ref, hidden, kwargs, out, bar) 
             row = profile.block_index(ref.layer_index, expert, block)
             view = arch.expert_block_weight(ref32, expert, block)
             original = view.clone()
-            W = original.numpy()
+            W = original.float().cpu().numpy()
             shared_linear = getattr(ref32.shared_experts[expert - ref32.num_experts], f"{block}_proj") \
                 if expert >= ref32.num_experts else None
             for j, s in enumerate(schemes):
-                view.copy_(torch.from_numpy(_quantize(W, s)))
+                view.copy_(torch.from_numpy(_quantize(W, s)).to(view.device, view.dtype))
                 handle = None
                 if s.quantizes_activations:
                     if shared_linear is None:
                         setattr(ref32.experts, _ACT_QUANT_ATTRIBUTE, (expert, block, s))
                     else:
-                        handle = shared_linear.register_forward_pre_hook(
-                            lambda module, args, s=s: (torch.from_numpy(_quantize_rows(args[0].reshape(
-                                -1, args[0].shape[-1]).numpy(), s)).reshape(args[0].shape),))
+                        handle = shared_linear.register_forward_pre_hook(_input_quantizer(s))
                 try:
                     changed = ref32.mlp(mlp_input).double()
                 finally:
@@ -281,6 +284,18 @@ def _layer_out_of_layer(profile, schemes, model, ref, hidden, kwargs, out, bar) 
                 out[row, j] = float(((changed - reference) ** 2).sum())
             view.copy_(original)
             bar.update(1)
+
+
+def _input_quantizer(scheme: Scheme):
+    """A forward pre-hook that replaces a Linear's input by its per-token quantized-dequantized version."""
+    import torch
+
+    def hook(module, args):
+        x = args[0]
+        rows = x.reshape(-1, x.shape[-1]).detach().float().cpu().numpy()
+        return (torch.from_numpy(_quantize_rows(rows, scheme)).to(x.device, x.dtype).reshape(x.shape),) + args[1:]
+
+    return hook
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,7 +10,8 @@ Order of the steps and why:
 3. **Allocate** (:func:`mxmoe.allocate`) one scheme per (layer, expert, block) under the bit budget, or take the
    given ``plan`` after checking that it describes this model.
 4. **Quantize** each block with its scheme from the profile's Hessian (GPTQ) or by RTN.  Where the down block
-   quantizes its activations, its input space is rotated too (online Hadamard of size I): the weights are packed as
+   quantizes its activations, the layer's down inputs are rotated too (online Hadamard of size I, for every expert
+   of that layer, as the GPU layer applies it): the weights are packed as
    ``W_down H_Iᵀ`` with the Hessian ``H_I H H_Iᵀ`` and the module rotates the activations at run time.  Starved
    experts (too few calibration tokens) get the profile's documented Hessian fallback and are reported.
 5. **Swap**: each experts module becomes an :class:`mxmoe.MxMoEExperts`, each shared-expert projection an
@@ -126,25 +127,31 @@ def validate_plan(plan: Any, model: Any, layers: Sequence[Any] | None = None) ->
         raise ValueError(f"plan does not match the model: {exc}") from None
 
 
-def make_plan(model: Any, profile: Any, wbits: float, abits: float | None = None, r: float = 0.75,
-              candidates: Sequence[SchemeLike] | None = None, tokens: int = 512, gpu: str = "h100", seed: int = 0,
-              progress: bool = True, **allocate_kwargs: Any) -> Any:
-    """Loss table (:func:`mxmoe.estimate_loss`, Hessian proxy, on ``model`` as profiled) + :func:`mxmoe.allocate`.
-    Candidates default to the weight-only schemes, or all schemes when ``abits`` is given."""
+def candidate_pool(profile: Any, abits: float | None = None,
+                   candidates: Sequence[SchemeLike] | None = None) -> list:
+    """The candidate schemes make_plan uses: the given ones, else the weight-only schemes (all schemes when
+    ``abits`` is given), keeping those whose group divides every block's in_features (the layout must fit)."""
     from ._scheme import schemes as all_schemes
-    from .allocate import allocate
-    from .loss import estimate_loss
-
     pool = [as_scheme(s) for s in candidates] if candidates else \
         all_schemes(weight_only=True) if abits is None else all_schemes()
-    # a scheme whose group does not divide some block's in_features cannot pack it; keep the ones that fit all
     in_features = {block.in_features for block in profile.blocks}
     fitting = [s for s in pool if s.w_bits == 16 or s.group_size == -1 or all(k % s.group_size == 0
                                                                              for k in in_features)]
     if not fitting:
         raise ValueError(f"no candidate scheme fits every block (in_features {sorted(in_features)}): "
                          f"{[s.name for s in pool]}")
-    pool = fitting
+    return fitting
+
+
+def make_plan(model: Any, profile: Any, wbits: float, abits: float | None = None, r: float = 0.75,
+              candidates: Sequence[SchemeLike] | None = None, tokens: int = 512, gpu: str = "h100", seed: int = 0,
+              progress: bool = True, **allocate_kwargs: Any) -> Any:
+    """Loss table (:func:`mxmoe.estimate_loss`, Hessian proxy, on ``model`` as profiled) + :func:`mxmoe.allocate`.
+    Candidates default to the weight-only schemes, or all schemes when ``abits`` is given."""
+    from .allocate import allocate
+    from .loss import estimate_loss
+
+    pool = candidate_pool(profile, abits, candidates)
     loss = allocate_kwargs.pop("loss", None)
     if loss is None:
         loss = estimate_loss(profile, pool, model=model, progress=progress)
@@ -224,9 +231,12 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
             li = layer.layer_index
             act = getattr(model.config, "hidden_act", "silu")
             weights, flags, shared_modules = [], [], []
+            # online Hadamard before down: per layer (every expert's down or none, as the GPU layer runs it),
+            # wherever some down block of the layer quantizes its activations
+            online = bool((rotate or prerotated) and any(
+                as_scheme(plan.scheme_for(li, e, "down")).quantizes_activations
+                for e in range(layer.num_total_experts)))
             for expert in range(layer.num_total_experts):
-                down_scheme = as_scheme(plan.scheme_for(li, expert, "down"))
-                online = bool((rotate or prerotated) and down_scheme.quantizes_activations)
                 quantized = []
                 for block in ("gate", "up", "down"):
                     scheme = as_scheme(plan.scheme_for(li, expert, block))

@@ -41,7 +41,7 @@ def plan_grid(plan: Any) -> tuple[np.ndarray, list[int], int]:
 
 def plot_plan(plan: Any, ax: Any = None, title: str | None = None) -> Any:
     """Heatmap of a Plan: one row per MoE layer, for each expert three cells (gate, up, down), colour = bits per
-    weight including scale/zero overhead; blocks whose scheme also quantizes activations are dotted.  Shared
+    weight including scale/zero overhead; blocks whose scheme also quantizes activations are marked x.  Shared
     experts are the rightmost columns (expert index >= num_experts).  Returns the Figure."""
     from ._scheme import Scheme
     plt = _pyplot()
@@ -58,7 +58,7 @@ def plot_plan(plan: Any, ax: Any = None, title: str | None = None) -> Any:
                  if Scheme.parse(name).quantizes_activations]
     if act_cells:
         xs, ys = zip(*act_cells)
-        ax.scatter(xs, ys, s=4, c="white", marker=".", label="activations quantized")
+        ax.scatter(xs, ys, s=10, c="white", marker="x", linewidths=0.8, label="activations quantized")
         ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     step = max(1, experts // 16)
@@ -68,6 +68,7 @@ def plot_plan(plan: Any, ax: Any = None, title: str | None = None) -> Any:
     ax.set_xlabel("expert (gate | up | down per expert; right of the red line: shared experts)")
     ax.set_ylabel("layer")
     ax.set_title(title or f"MxMoE plan: {plan.average_bits:.2f} bits/weight (budget {plan.wbits:g}), r={plan.r}")
+    fig.tight_layout()
     return fig
 
 

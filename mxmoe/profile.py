@@ -30,7 +30,11 @@ same length and no padding, so those keyword arguments depend only on the batch 
 batch size.  Then each decoder layer runs over the windows in batches, collecting its statistics and overwriting
 the hidden-state buffer in place with its outputs (the next layer's inputs).  Memory is therefore one
 [n_samples, seq_len, hidden] buffer in the model's dtype plus one layer's statistics; it does not grow with the
-number of layers processed beyond the profile's own results.
+number of layers processed beyond the profile's own results (float64 H and Hw of every block: 270 MiB for the
+bundled mini model; tracemalloc shows the profiler's own allocations are exactly these, whatever n_samples).
+Measured peak RSS on the mini model with 128 x 512 tokens: bench/results/profile-mini-cpu.json.  Part of the
+remaining RSS growth is PyTorch's: on CPU, oneDNN caches one primitive per distinct matmul shape, and every
+expert's row count is a new shape (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=8`` measured about a third less growth).
 
 Starved experts: an expert with fewer than ``min_tokens`` assignments is flagged (``BlockInfo.starved``) and
 listed by :meth:`Profile.coverage`.  Its Hessians get ``m = min_tokens - tokens`` pseudo-tokens of prior added to
@@ -58,6 +62,7 @@ import sys
 import tempfile
 import time
 import types
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -98,6 +103,16 @@ class BlockInfo:
         return self.out_features * self.in_features
 
 
+class BlockList(list):
+    """``Profile.blocks``: a list of BlockInfo that also carries the routing facts a block alone lacks
+    (``top_k``, ``calib_tokens``), so ``CostModel.table(profile.blocks, ...)`` can compute expected token counts."""
+
+    def __init__(self, blocks: Iterable[BlockInfo], top_k: int, calib_tokens: int):
+        super().__init__(blocks)
+        self.top_k = int(top_k)
+        self.calib_tokens = int(calib_tokens)
+
+
 class Profile:
     """Calibration statistics of one model (see the module docstring for every field's meaning)."""
 
@@ -130,6 +145,7 @@ class Profile:
         self._channel_gains = channel_gains
         self._act_samples = act_samples
         self.meta = dict(meta or {})
+        self._model_ref = None  # weakref to the profiled model (set by profile(); not saved)
         self._layer_row = {layer: row for row, layer in enumerate(self.layers)}
         self.blocks = self._make_blocks()
         self._block_index = {(b.layer, b.expert, b.block): i for i, b in enumerate(self.blocks)}
@@ -159,7 +175,7 @@ class Profile:
         if not 0 <= int(expert) < self.num_total_experts:
             raise ValueError(f"expert={expert} out of range: {self.num_experts} routed + {self.num_shared} shared")
 
-    def _make_blocks(self) -> list[BlockInfo]:
+    def _make_blocks(self) -> BlockList:
         blocks = []
         for row, layer in enumerate(self.layers):
             for expert in range(self.num_total_experts):
@@ -170,7 +186,7 @@ class Profile:
                     blocks.append(BlockInfo(layer, expert, block, out_f, in_f, tokens,
                                             float(self.routing_mass[row, expert]),
                                             (not shared) and tokens < self.min_tokens, shared))
-        return blocks
+        return BlockList(blocks, self.top_k, self.calib_tokens)
 
     def block_index(self, layer: int, expert: int, block: str) -> int:
         index = self._block_index.get((int(layer), int(expert), block))
@@ -312,6 +328,11 @@ class Profile:
                    fallback=header["fallback"], expert_token_counts=counts, routing_mass=mass,
                    routing_weight_sq=wsq, hessians=hessians, weighted_hessians=weighted, channel_gains=gains,
                    act_samples=act_samples, meta=header.get("meta"))
+
+    @property
+    def model(self):
+        """The model this profile was taken from, while it is alive in this process (None after load)."""
+        return self._model_ref() if self._model_ref is not None else None
 
     def __repr__(self) -> str:
         return (f"Profile({self.model_type}, MoE layers {self.layers}, {self.num_experts} routed + "
@@ -463,7 +484,7 @@ class _LayerCollector:
             if self.ref.shared_gate is not None:
                 weights = torch.sigmoid(self.ref.shared_gate(x).float()).reshape(-1)
             else:
-                weights = torch.ones(x.shape[0])
+                weights = torch.ones(x.shape[0], device=x.device)
             self._add(self.ref.num_experts + j, x, weights, gate, up, hidden_act, shared.act_fn)
 
     def _add(self, expert, x, routing_weights, gate, up, hidden_act, act_fn):
@@ -485,8 +506,8 @@ class _LayerCollector:
         stats.tokens += x32.shape[0]
         stats.mass += float(weights.sum(dtype=np.float64))
         stats.weight_sq += float(weights_sq.sum())
-        slope, activated = _activation_slope(act_fn, gate)
-        up32 = up.detach().float()
+        slope, activated = (t.cpu() for t in _activation_slope(act_fn, gate))
+        up32 = up.detach().float().cpu()
         w2 = torch.from_numpy(weights_sq).float()[:, None]
         stats.gains[0] += (w2 * (slope * up32) ** 2).sum(0).double().numpy()
         stats.gains[1] += (w2 * activated ** 2).sum(0).double().numpy()
@@ -508,7 +529,7 @@ class _LayerCollector:
                 continue
             # the expert's own view of typical tokens: the pooled sample through its gate/up weights
             weight = ref.experts.gate_up_proj[expert]
-            gate_up = torch.nn.functional.linear(pooled_x.to(weight.dtype), weight).float()
+            gate_up = torch.nn.functional.linear(pooled_x.to(weight.device, weight.dtype), weight).float().cpu()
             gate, up = gate_up[:, :ref.intermediate_size], gate_up[:, ref.intermediate_size:]
             slope, activated = _activation_slope(ref.experts.act_fn, gate)
             hidden_act = np.ascontiguousarray((activated * up).numpy())
@@ -670,11 +691,13 @@ def profile(model, calib, seq_len: int = 512, n_samples: int = 128, tokenizer=No
         model.train(was_training)
     del hidden
 
-    return _assemble(model, refs, results, n_windows * window_len, min_tokens, fallback, {
+    result = _assemble(model, refs, results, n_windows * window_len, min_tokens, fallback, {
         "seq_len": int(window_len), "n_samples": int(n_windows), "batch_size": batch_size, "seed": seed,
         "act_sample_rows": act_sample_rows, "pooled_sample_rows": pooled_sample_rows,
         "dtype": str(embed_dtype).replace("torch.", ""), "seconds": time.perf_counter() - started,
         "peak_rss_mib": _peak_rss_mib()})
+    result._model_ref = weakref.ref(model)
+    return result
 
 
 def _assemble(model, refs, results, calib_tokens, min_tokens, fallback, meta) -> Profile:

@@ -196,6 +196,7 @@ def test_load_quantized_bad_config(saved, tmp_path):
         load_quantized(path)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch + transformers
 def test_install_import_hook(saved):
     """The cheap hook for `import mxmoe`: transformers imported afterwards knows quant_method "mxmoe"."""
     import subprocess

@@ -131,3 +131,18 @@ def test_expected_tokens_and_table():
         for j, s in enumerate(candidates):
             assert table[i, j] == cost.block_time(info.out_features, info.in_features, m[i], s)
     assert (table[6:9] == 0).all()  # the expert without tokens costs nothing
+
+
+def test_table_from_profile_blocks():
+    """profile.blocks carries top_k, so models without a shared expert need no extra argument."""
+    import mxmoe
+    from tiny_models import random_token_windows, tiny_model
+
+    prof = mxmoe.profile(tiny_model("mixtral"), random_token_windows(2, 8), progress=False)
+    cost = CostModel("h200")
+    table = cost.table(prof.blocks, ["w16a16"], tokens=64)
+    np.testing.assert_array_equal(table, cost.table(prof, ["w16a16"], tokens=64))
+    m = expected_tokens(prof.blocks, 64, top_k=prof.top_k)
+    for layer in prof.layers:
+        rows = [i for i, b in enumerate(prof.blocks) if b.layer == layer and b.block == "gate"]
+        assert m[rows].sum() == pytest.approx(64 * prof.top_k)

@@ -263,3 +263,33 @@ def test_gpu_tag():
     assert gpu_tag("NVIDIA H200") == "h200"
     assert gpu_tag("NVIDIA GeForce RTX 4090") == "rtx4090"
     assert gpu_tag("Some GPU v2") == "some-gpu-v2"
+
+
+def test_fused_gains():
+    from mxmoe.bench_kernels import fused_gains
+
+    rec = (lambda impl, t, us, scope="layer": {"model_shape": "m", "tokens": t, "impl": impl, "scope": scope, "us": us})
+    records = [rec("mxmoe_mixed_fused", 1, 10.0), rec("mxmoe_mixed_sequential", 1, 20.0),
+               rec("mxmoe_mixed_fused", 2, 10.0), rec("mxmoe_mixed_sequential", 2, 80.0),
+               rec("mxmoe_mixed_fused", 3, 10.0),  # no sequential twin: ignored
+               rec("mxmoe_mixed_sequential", 1, 30.0, "gemm"), rec("mxmoe_mixed_fused", 1, 10.0, "gemm")]
+    assert fused_gains(records) == [("gemm", pytest.approx(3.0), 1), ("layer", pytest.approx(4.0), 2)]
+
+
+def test_torch_hadamard():
+    from mxmoe.cuda_ops import kron_hadamard, torch_hadamard
+
+    rng = np.random.default_rng(6)
+    for m, p in ((1, 256), (12, 8)):
+        n = m * p
+        base = np.ones((1, 1)) if m == 1 else None
+        if base is None:
+            residues = {1, 3, 4, 5, 9}
+            Q = np.array([[0 if i == j else 1 if (j - i) % 11 in residues else -1 for j in range(11)]
+                          for i in range(11)])
+            base = np.eye(12)
+            base[0, 1:], base[1:, 0], base[1:, 1:] = 1, -1, Q + np.eye(11)
+        signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+        x = rng.standard_normal((2, 3, n))
+        got = torch_hadamard(torch.from_numpy(x), torch.from_numpy(signs), torch.from_numpy(base)).double().numpy()
+        np.testing.assert_allclose(got, kron_hadamard(x, signs, base), atol=1e-5)  # f32 math in torch_hadamard

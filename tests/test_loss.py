@@ -112,12 +112,21 @@ def test_estimate_loss(qwen2_case):
     assert (proxy[~seen] == 0).all() and (exact[~seen] == 0).all()
 
 
-def test_estimate_loss_bad_arguments(qwen2_case):
+def _saved(prof, tmp_path):
+    prof.save(str(tmp_path / "profile"))
+    return str(tmp_path / "profile")
+
+
+def test_estimate_loss_bad_arguments(qwen2_case, tmp_path):
     model, windows, prof = qwen2_case
     with pytest.raises(ValueError, match="method must be one of"):
         estimate_loss(prof, [WEIGHT_ONLY], model, method="hessian")
+    # model=None: the profiled model (still alive) is used; a loaded profile has none
+    np.testing.assert_array_equal(estimate_loss(prof, [WEIGHT_ONLY], progress=False),
+                                  estimate_loss(prof, [WEIGHT_ONLY], model, progress=False))
+    loaded = mxmoe.Profile.load(_saved(prof, tmp_path))
     with pytest.raises(ValueError, match="needs the model"):
-        estimate_loss(prof, [WEIGHT_ONLY])
+        estimate_loss(loaded, [WEIGHT_ONLY])
     with pytest.raises(ValueError, match="does not match the profile"):
         estimate_loss(prof, [WEIGHT_ONLY], tiny_model("mixtral"))
     with pytest.raises(ValueError, match="needs calib"):
