@@ -375,9 +375,12 @@ def allocate(profile: Any, wbits: float, abits: float | None = None, r: float = 
     problem per layer with its own budget, `"model"` one global problem.  `loss` / `time` ([n_blocks, n_schemes])
     default to mxmoe.estimate_loss(profile, candidates) and CostModel(gpu, kernel_profile).table(profile.blocks,
     candidates, tokens).  Candidates default to the weight-only schemes when `abits` is None, else all schemes.
-    Schemes whose layout cannot hold a block (K not a multiple of 32 or of the group) are not allowed for it."""
+    Schemes whose layout cannot hold a block (K not a multiple of 32 or of the group) are not allowed for it; when
+    loss is estimated here, default candidates that do not fit every block are left out (estimate_loss quantizes
+    every block with every candidate), explicit ones raise ValueError."""
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r} must be one of {SCOPES}")
+    explicit_candidates = candidates is not None
     if candidates is None:
         candidates = schemes(weight_only=True) if abits is None else schemes()
     candidates = [as_scheme(c) for c in candidates]
@@ -387,6 +390,20 @@ def allocate(profile: Any, wbits: float, abits: float | None = None, r: float = 
         raise ValueError(f"duplicate candidates: {[c.name for c in candidates]}")
     signature = _signature_of(profile)
     blocks = signature["blocks"]
+    fits = np.array([[_scheme_fits(c, k) for c in candidates] for (_, _, _, _, k) in blocks],
+                    dtype=bool).reshape(len(blocks), len(candidates))
+    if loss is None and not fits.all():
+        # estimate_loss quantizes every block with every candidate, so a scheme must fit every block's layout
+        partial = [c.name for c, ok in zip(candidates, fits.all(axis=0)) if not ok]
+        if explicit_candidates:
+            raise ValueError(f"candidates {partial} do not fit every block (in_features must be a multiple of 32 "
+                             f"and of the group size): pass loss= with +inf where a scheme does not fit, or leave "
+                             f"them out of candidates")
+        keep = fits.all(axis=0)
+        candidates = [c for c, ok in zip(candidates, keep) if ok]
+        fits = fits[:, keep]
+        if not candidates:
+            raise ValueError("no default candidate scheme fits every block of this model; pass candidates=")
     n_blocks, n_schemes = len(blocks), len(candidates)
     if loss is None:
         from .loss import estimate_loss
@@ -400,8 +417,7 @@ def allocate(profile: Any, wbits: float, abits: float | None = None, r: float = 
         if table.shape != (n_blocks, n_schemes):
             raise ValueError(f"{name} has shape {table.shape}; expected ({n_blocks}, {n_schemes}) for "
                              f"{n_blocks} blocks and {n_schemes} candidates")
-    fits = np.array([[_scheme_fits(c, k) for c in candidates] for (_, _, _, _, k) in blocks], dtype=bool)
-    loss[~fits.reshape(loss.shape)] = np.inf
+    loss[~fits] = np.inf
     params = np.array([n * k for _, _, _, n, k in blocks], dtype=np.float64)
     bits = np.array([[c.bits_for(k) for c in candidates] for (_, _, _, _, k) in blocks], dtype=np.float64)
     bits = bits.reshape(n_blocks, n_schemes)

@@ -504,3 +504,40 @@ def test_plan_uniform_and_signature() -> None:
         plan.check_signature(wider)
     w8a8 = Plan.uniform(plan, "w8a8_g-1_sym")
     assert w8a8.abits == 8.0 and w8a8.average_act_bits == 8.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# allocate() on a real (tiny, random) model: loss from mxmoe.loss, time from mxmoe.cost
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_profile():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tiny_models import random_token_windows, tiny_model
+    model = tiny_model("qwen2_moe")
+    profile = mxmoe.profile(model, random_token_windows(2, 16, seed=5), min_tokens=0, progress=False)
+    return model, profile
+
+
+def test_allocate_profiled_model(tiny_profile) -> None:
+    from mxmoe.cost import CostModel
+    from mxmoe.loss import estimate_loss
+    model, profile = tiny_profile
+    plan = allocate(profile, 5.0, r=0.75)
+    plan.check_signature(profile)
+    assert len(plan.schemes) == len(profile.blocks)
+    assert plan.average_bits <= 5.0 * (1 + BUDGET_RTOL)
+    # K = 32 / 64 here: the default group-128 candidates fit no block and are left out
+    assert plan.candidates and all(mxmoe.Scheme.parse(c).group_size != 128 for c in plan.candidates)
+    candidates = plan.candidates
+    loss = estimate_loss(profile, candidates)
+    time = CostModel("h100").table(profile.blocks, candidates, 512)
+    assert allocate(profile, 5.0, r=0.75, candidates=candidates, loss=loss, time=time) == plan
+    with pytest.raises(ValueError, match="do not fit every block"):
+        allocate(profile, 5.0, candidates=["w4a16_g128_asym", "w8a16_g-1_sym"])
+    with pytest.raises(ValueError, match="smallest feasible budget is wbits=4.6"):
+        allocate(profile, 4.0, r=0.75, candidates=candidates, loss=loss, time=time)
+    with_act = allocate(profile, 6.0, abits=12.0, r=0.5)
+    assert with_act.average_act_bits <= 12.0 * (1 + BUDGET_RTOL)
+    assert with_act.average_bits <= 6.0 * (1 + BUDGET_RTOL)
