@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
-CELL_TIMEOUT_S = 170  # one cell (quantize) dominates: ~1-2 min on a loaded 2-core CPU
+CELL_TIMEOUT_S = 300  # one cell (quantize) dominates: ~1 min idle, 3 min on a 2-core CPU shared by 7 jobs
 
 
 @pytest.mark.slow
