@@ -3,7 +3,6 @@
 device; the bad-input tests need only the built extension (validation happens before any device call)."""
 from __future__ import annotations
 
-import itertools
 import os
 
 import numpy as np
