@@ -110,13 +110,15 @@ class BuildExt(build_ext):
         self.build_info["nvcc"] = nvcc
 
     def _write_build_info(self):
-        target_dir = os.path.join(ROOT, "mxmoe") if self.inplace else os.path.join(self.build_lib, "mxmoe")
-        os.makedirs(target_dir, exist_ok=True)
-        path = os.path.join(target_dir, "_build_info.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.build_info, f)
-        os.replace(tmp, path)
+        # Written beside the sources too: editable installs import mxmoe from the checkout, not from build_lib.
+        targets = {os.path.join(ROOT, "mxmoe"), os.path.join(os.path.abspath(self.build_lib), "mxmoe")}
+        for target_dir in targets:
+            os.makedirs(target_dir, exist_ok=True)
+            path = os.path.join(target_dir, "_build_info.json")
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.build_info, f)
+            os.replace(tmp, path)
 
 
 glpk_include, glpk_lib = glpk_dirs()
