@@ -4,24 +4,10 @@
 #include "binding_py.h"
 
 #include <glpk.h>
-#include <string.h>
 
-/* One row per enum mx_status, pyerfa style.  NULL = the exception class named in mx_common.h is set below. */
-_Static_assert(MX_STATUS_COUNT == 9, "extend the status -> exception table");
+#include "py_common.h"
 
-PyObject *mx_py_raise(const mx_error *err) {
-    PyObject *exception_class;
-    switch (err->status) {
-    case MX_ERR_INVALID_ARG:
-    case MX_ERR_UNSUPPORTED:
-    case MX_ERR_NONFINITE:
-    case MX_ERR_INFEASIBLE: exception_class = PyExc_ValueError; break;
-    case MX_ERR_NOMEM: exception_class = PyExc_MemoryError; break;
-    default: exception_class = PyExc_RuntimeError; break;
-    }
-    PyErr_SetString(exception_class, err->message[0] ? err->message : mx_status_to_string(err->status));
-    return NULL;
-}
+PyObject *mx_py_raise(const mx_error *err) { return mx_py_raise_error(err); }
 
 PyArrayObject *mx_py_array(PyObject *obj, const char *name, int typenum, int ndim) {
     if (!PyArray_Check(obj)) {
@@ -138,16 +124,9 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "mxmoe._C",
                                         -1, all_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__C(void) {
-    size_t count = 0;
-    for (size_t t = 0; t < sizeof area_tables / sizeof area_tables[0]; t++)
-        for (PyMethodDef *m = area_tables[t]; m->ml_name; m++) {
-            if (count + 1 >= sizeof all_methods / sizeof all_methods[0]) {
-                PyErr_SetString(PyExc_RuntimeError, "mxmoe._C: too many methods for the registry");
-                return NULL;
-            }
-            all_methods[count++] = *m;
-        }
-    memset(&all_methods[count], 0, sizeof all_methods[0]);
+    if (mx_py_merge_method_tables(area_tables, sizeof area_tables / sizeof area_tables[0], all_methods,
+                                  sizeof all_methods / sizeof all_methods[0], "mxmoe._C") < 0)
+        return NULL;
 
     import_array();
     PyObject *module = PyModule_Create(&module_def);

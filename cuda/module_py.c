@@ -9,26 +9,12 @@
 #include <string.h>
 
 #include "scheme.c"
+#include "py_common.h"
 
-_Static_assert(MX_STATUS_COUNT == 9, "extend the status -> exception mapping");
-
-PyObject *mx_cuda_py_raise(const mx_error *err) {
-    PyObject *exception_class;
-    switch (err->status) {
-    case MX_ERR_INVALID_ARG:
-    case MX_ERR_UNSUPPORTED:
-    case MX_ERR_NONFINITE:
-    case MX_ERR_INFEASIBLE: exception_class = PyExc_ValueError; break;
-    case MX_ERR_NOMEM: exception_class = PyExc_MemoryError; break;
-    default: exception_class = PyExc_RuntimeError; break;
-    }
-    PyErr_SetString(exception_class, err->message[0] ? err->message : mx_status_to_string(err->status));
-    return NULL;
-}
+PyObject *mx_cuda_py_raise(const mx_error *err) { return mx_py_raise_error(err); }
 
 /* device_status() -> (ok, message): whether the current CUDA device can run the kernels (sm_80+), never raises
  * and never crashes without a driver (cudaGetDeviceCount then just returns an error code). */
-/* device_status() -> (ok, message): whether the current CUDA device can run the kernels (sm_80+); never raises. */
 static PyObject *py_device_status(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -56,16 +42,9 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "mxmoe._cuda",
                                         -1, all_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cuda(void) {
-    size_t count = 0;
-    for (size_t t = 0; t < sizeof area_tables / sizeof area_tables[0]; t++)
-        for (PyMethodDef *m = area_tables[t]; m->ml_name; m++) {
-            if (count + 1 >= sizeof all_methods / sizeof all_methods[0]) {
-                PyErr_SetString(PyExc_RuntimeError, "mxmoe._cuda: too many methods for the registry");
-                return NULL;
-            }
-            all_methods[count++] = *m;
-        }
-    memset(&all_methods[count], 0, sizeof all_methods[0]);
+    if (mx_py_merge_method_tables(area_tables, sizeof area_tables / sizeof area_tables[0], all_methods,
+                                  sizeof all_methods / sizeof all_methods[0], "mxmoe._cuda") < 0)
+        return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (!module) return NULL;
     if (PyModule_AddIntConstant(module, "ACT_BF16", MX_CUDA_ACT_BF16) < 0 ||

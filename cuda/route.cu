@@ -16,7 +16,6 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
-#include <stdarg.h>
 #include <stdio.h>
 
 #include "mx_cuda.h"
@@ -28,23 +27,11 @@ namespace {
 // Host helpers
 // ---------------------------------------------------------------------------------------------------------------
 
-// The error record is filled here rather than through mx_error_set: mxmoe._cuda does not link csrc/.
-enum mx_status route_error(mx_error *err, enum mx_status status, const char *fmt, ...) {
-    if (err) {
-        err->status = status;
-        va_list args;
-        va_start(args, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, args);
-        va_end(args);
-    }
-    return status;
-}
-
 // Map the last launch error (cudaGetLastError also clears it) to MX_ERR_CUDA naming the stage.
 enum mx_status route_check_launch(const char *stage, mx_error *err) {
     cudaError_t code = cudaGetLastError();
     if (code != cudaSuccess)
-        return route_error(err, MX_ERR_CUDA, "%s: CUDA launch failed: %s", stage, cudaGetErrorString(code));
+        return mx_error_set(err, MX_ERR_CUDA, "%s: CUDA launch failed: %s", stage, cudaGetErrorString(code));
     return MX_OK;
 }
 
@@ -595,24 +582,24 @@ int vpt_for(int64_t K) {
 }
 
 enum mx_status check_act_buffers(const mx_cuda_act_buffers *out, int64_t K, const char *fn, mx_error *err) {
-    if (!out) return route_error(err, MX_ERR_INVALID_ARG, "%s: the output buffers are NULL", fn);
-    if (!formats_of(*out)) return route_error(err, MX_ERR_INVALID_ARG, "%s: no output format requested", fn);
+    if (!out) return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: the output buffers are NULL", fn);
+    if (!formats_of(*out)) return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: no output format requested", fn);
     if (out->ld < K || out->ld % kChunk)
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: ld=%lld must be >= K=%lld and a multiple of %d", fn,
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: ld=%lld must be >= K=%lld and a multiple of %d", fn,
                            (long long)out->ld, (long long)K, kChunk);
     const void *vecs[4] = {out->d_bf16, out->d_int8, out->d_fp8, out->d_int4};
     for (int i = 0; i < 4; ++i)
         if (vecs[i] && !aligned16(vecs[i]))
-            return route_error(err, MX_ERR_INVALID_ARG, "%s: output buffer %d is not 16-byte aligned", fn, i);
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: output buffer %d is not 16-byte aligned", fn, i);
     if ((out->d_int8 && !out->d_scale_int8) || (out->d_fp8 && !out->d_scale_fp8) ||
         (out->d_int4 && !out->d_scale_int4))
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: a quantized output is given without its scale buffer", fn);
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: a quantized output is given without its scale buffer", fn);
     return MX_OK;
 }
 
 enum mx_status check_rows(int64_t K, const char *name, const char *fn, mx_error *err) {
     if (K <= 0 || K % kChunk || K > MX_ROUTE_MAX_K)
-        return route_error(err, MX_ERR_UNSUPPORTED, "%s: %s=%lld must be a positive multiple of %d and <= %d", fn,
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "%s: %s=%lld must be a positive multiple of %d and <= %d", fn,
                            name, (long long)K, kChunk, MX_ROUTE_MAX_K);
     return MX_OK;
 }
@@ -635,19 +622,19 @@ extern "C" enum mx_status mx_cuda_route(const int64_t *d_top_k_index, int64_t T,
                                         size_t workspace_bytes, void *stream, mx_error *err) {
     // validate
     if (T < 0 || k <= 0 || n_experts <= 0 || n_shared < 0)
-        return route_error(err, MX_ERR_INVALID_ARG, "mx_cuda_route: T=%lld, k=%d, n_experts=%d, n_shared=%d",
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "mx_cuda_route: T=%lld, k=%d, n_experts=%d, n_shared=%d",
                            (long long)T, k, n_experts, n_shared);
     if (n_experts + n_shared > MX_ROUTE_MAX_GROUPS)
-        return route_error(err, MX_ERR_UNSUPPORTED, "mx_cuda_route: n_experts=%d + n_shared=%d exceeds %d",
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "mx_cuda_route: n_experts=%d + n_shared=%d exceeds %d",
                            n_experts, n_shared, MX_ROUTE_MAX_GROUPS);
     if (T * (int64_t(k) + n_shared) >= (int64_t(1) << 31))
-        return route_error(err, MX_ERR_UNSUPPORTED, "mx_cuda_route: T=%lld rows of k=%d + n_shared=%d overflow int32",
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "mx_cuda_route: T=%lld rows of k=%d + n_shared=%d overflow int32",
                            (long long)T, k, n_shared);
     if (!d_row_offsets || !d_dropped || (T > 0 && (!d_top_k_index || !d_perm_token || !d_inv_perm)))
-        return route_error(err, MX_ERR_INVALID_ARG, "mx_cuda_route: a device pointer is NULL");
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "mx_cuda_route: a device pointer is NULL");
     const size_t need = mx_cuda_route_workspace_bytes(T, k, n_experts);
     if (workspace_bytes < need || (need && !d_workspace))
-        return route_error(err, MX_ERR_INVALID_ARG, "mx_cuda_route: workspace of %zu bytes, %zu needed",
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "mx_cuda_route: workspace of %zu bytes, %zu needed",
                            workspace_bytes, need);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     // empty: every group is empty
@@ -688,10 +675,10 @@ extern "C" enum mx_status mx_cuda_gather_quant(const uint16_t *d_hidden, int64_t
     if (status != MX_OK) return status;
     if ((status = check_act_buffers(out, K, fn, err)) != MX_OK) return status;
     if (T < 0 || n_rows < 0 || n_groups <= 0 || ld_hidden < K || ld_hidden % kChunk)
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: T=%lld, n_rows=%lld, n_groups=%d, ld_hidden=%lld, K=%lld",
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: T=%lld, n_rows=%lld, n_groups=%d, ld_hidden=%lld, K=%lld",
                            fn, (long long)T, (long long)n_rows, n_groups, (long long)ld_hidden, (long long)K);
     if (n_rows > 0 && (!d_hidden || !aligned16(d_hidden) || !d_perm_token || !d_row_offsets))
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: hidden must be a 16-byte aligned device pointer and "
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: hidden must be a 16-byte aligned device pointer and "
                            "perm_token / row_offsets non-NULL", fn);
     if (n_rows == 0) return MX_OK;
     cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -717,10 +704,10 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
     if (status != MX_OK) return status;
     if ((status = check_act_buffers(out, I, fn, err)) != MX_OK) return status;
     if (n_rows < 0 || n_groups <= 0 || ld_gate_up < 2 * I || ld_gate_up % kChunk)
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: n_rows=%lld, n_groups=%d, ld_gate_up=%lld, I=%lld", fn,
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: n_rows=%lld, n_groups=%d, ld_gate_up=%lld, I=%lld", fn,
                            (long long)n_rows, n_groups, (long long)ld_gate_up, (long long)I);
     if (n_rows > 0 && (!d_gate_up || !aligned16(d_gate_up) || !d_row_offsets))
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: gate_up must be a 16-byte aligned device pointer and "
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: gate_up must be a 16-byte aligned device pointer and "
                            "row_offsets non-NULL", fn);
     mx_cuda_hadamard had = {nullptr, nullptr, 1, nullptr};
     size_t smem = 0;
@@ -728,7 +715,7 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
         had = *hadamard;
         if (had.m < 1 || had.m > 64 || I % had.m || ((I / had.m) & (I / had.m - 1)) || !had.d_signs ||
             (had.m > 1 && !had.d_base))
-            return route_error(err, MX_ERR_UNSUPPORTED, "%s: Hadamard of size I=%lld with base m=%d: I must be m "
+            return mx_error_set(err, MX_ERR_UNSUPPORTED, "%s: Hadamard of size I=%lld with base m=%d: I must be m "
                                "times a power of two, 1 <= m <= 64, signs (and base for m > 1) given", fn,
                                (long long)I, had.m);
         smem = sizeof(float) * size_t(I + int64_t(had.m) * had.m);
@@ -743,7 +730,7 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
             const cudaError_t code = cudaFuncSetAttribute(act_mul_quant_kernel<V>,                                \
                                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));\
             if (code != cudaSuccess)                                                                              \
-                return route_error(err, MX_ERR_CUDA, "%s: %zu bytes of shared memory for the Hadamard of I=%lld: %s",\
+                return mx_error_set(err, MX_ERR_CUDA, "%s: %zu bytes of shared memory for the Hadamard of I=%lld: %s",\
                                    fn, smem, (long long)I, cudaGetErrorString(code));                             \
         }                                                                                                         \
         act_mul_quant_kernel<V><<<grid, kRowThreads, smem, s>>>(d_gate_up, ld_gate_up, I, d_row_offsets,         \
@@ -767,15 +754,15 @@ extern "C" enum mx_status mx_cuda_combine(const uint16_t *d_y, int64_t ldy, int6
     if (status != MX_OK) return status;
     if (T < 0 || k <= 0 || n_experts <= 0 || n_shared < 0 || ldy < H || ldy % kChunk || ld_out < H ||
         ld_out % kChunk)
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: T=%lld, k=%d, n_experts=%d, n_shared=%d, ldy=%lld, "
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: T=%lld, k=%d, n_experts=%d, n_shared=%d, ldy=%lld, "
                            "ld_out=%lld, H=%lld", fn, (long long)T, k, n_experts, n_shared, (long long)ldy,
                            (long long)ld_out, (long long)H);
     if (int(weights_dtype) < 0 || int(weights_dtype) > 2 || int(shared_gate_dtype) < 0 || int(shared_gate_dtype) > 2)
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: weights_dtype=%d / shared_gate_dtype=%d not in {0,1,2}", fn,
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: weights_dtype=%d / shared_gate_dtype=%d not in {0,1,2}", fn,
                            int(weights_dtype), int(shared_gate_dtype));
     if (T > 0 && (!d_y || !aligned16(d_y) || !d_out || !aligned16(d_out) || !d_inv_perm || !d_top_k_weights ||
                   (n_shared > 0 && !d_row_offsets)))
-        return route_error(err, MX_ERR_INVALID_ARG, "%s: y / out must be 16-byte aligned device pointers, inv_perm, "
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: y / out must be 16-byte aligned device pointers, inv_perm, "
                            "weights (and row_offsets with shared groups) non-NULL", fn);
     if (T == 0) return MX_OK;
     combine_kernel<<<unsigned(T), kRowThreads, 0, static_cast<cudaStream_t>(stream)>>>(

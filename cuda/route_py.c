@@ -7,24 +7,8 @@
  *
  * Activation buffers are passed as one tuple (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld) of
  * pointers (0 = format not produced) and the row stride in elements. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
+#include "binding_cuda_py.h"
 #include "route.cuh"
-
-static PyObject *route_raise(const mx_error *err) {
-    PyObject *exception_class;
-    switch (err->status) {
-    case MX_ERR_INVALID_ARG:
-    case MX_ERR_UNSUPPORTED:
-    case MX_ERR_NONFINITE:
-    case MX_ERR_INFEASIBLE: exception_class = PyExc_ValueError; break;
-    case MX_ERR_NOMEM: exception_class = PyExc_MemoryError; break;
-    default: exception_class = PyExc_RuntimeError; break;
-    }
-    PyErr_SetString(exception_class, err->message[0] ? err->message : "mxmoe._cuda: CUDA routing kernel failed");
-    return NULL;
-}
 
 static void *as_ptr(unsigned long long value) { return (void *)(uintptr_t)value; }
 
@@ -74,7 +58,7 @@ static PyObject *py_route_topk(PyObject *self, PyObject *args) {
                            as_ptr(inv_perm), as_ptr(dropped), as_ptr(workspace), (size_t)workspace_bytes,
                            as_ptr(stream), &err);
     Py_END_ALLOW_THREADS
-    if (status != MX_OK) return route_raise(&err);
+    if (status != MX_OK) return mx_cuda_py_raise(&err);
     Py_RETURN_NONE;
 }
 
@@ -94,7 +78,7 @@ static PyObject *py_route_gather_quant(PyObject *self, PyObject *args) {
     status = mx_cuda_gather_quant(as_ptr(hidden), ld_hidden, T, K, as_ptr(perm_token), n_rows, as_ptr(row_offsets),
                                   n_groups, as_ptr(group_formats), &buffers, as_ptr(stream), &err);
     Py_END_ALLOW_THREADS
-    if (status != MX_OK) return route_raise(&err);
+    if (status != MX_OK) return mx_cuda_py_raise(&err);
     Py_RETURN_NONE;
 }
 
@@ -130,7 +114,7 @@ static PyObject *py_route_act_mul_quant(PyObject *self, PyObject *args) {
     status = mx_cuda_act_mul_quant(as_ptr(gate_up), ld_gate_up, n_rows, I, as_ptr(row_offsets), n_groups,
                                    as_ptr(group_formats), hadamard_ptr, &buffers, as_ptr(stream), &err);
     Py_END_ALLOW_THREADS
-    if (status != MX_OK) return route_raise(&err);
+    if (status != MX_OK) return mx_cuda_py_raise(&err);
     Py_RETURN_NONE;
 }
 
@@ -150,7 +134,7 @@ static PyObject *py_route_combine(PyObject *self, PyObject *args) {
                              as_ptr(shared_gate), (enum mx_cuda_weight_dtype)shared_gate_dtype, apply_sigmoid,
                              as_ptr(out), ld_out, as_ptr(stream), &err);
     Py_END_ALLOW_THREADS
-    if (status != MX_OK) return route_raise(&err);
+    if (status != MX_OK) return mx_cuda_py_raise(&err);
     Py_RETURN_NONE;
 }
 
