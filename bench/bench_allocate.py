@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
 import mxmoe  # noqa: E402
-from mxmoe.allocate import allocate  # noqa: E402
+from mxmoe.allocation import allocate  # noqa: E402
 
 LAYERS, ROUTED, SHARED, TOP_K, HIDDEN, INTER = 26, 64, 2, 6, 2048, 1408
 CANDIDATES = ["w16a16", "w8a16_g-1_sym", "w4a16_g-1_asym", "w4a16_g128_asym", "w3a16_g128_asym",

@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 import mxmoe  # noqa: E402
 from mxmoe._reference import gptq as reference  # noqa: E402
-from mxmoe.gptq import gptq, hessian_error  # noqa: E402
+from mxmoe.gptq_solver import gptq, hessian_error  # noqa: E402
 
 OUT_FEATURES, IN_FEATURES, TOKENS, RANK = 1408, 2048, 4096, 64
 

@@ -44,7 +44,7 @@ def main() -> None:
 
     import mxmoe
     from mxmoe.loss import spearman
-    from mxmoe.profile import Profile
+    from mxmoe.profiling import Profile
 
     if args.threads:
         torch.set_num_threads(args.threads)

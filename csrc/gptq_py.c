@@ -1,5 +1,5 @@
 /* gptq_py.c — Python binding of the gptq area (see binding_py.h for the shape every binding follows).
- * mxmoe/gptq.py converts dtypes and builds the QuantizedWeight; these functions take exact dtypes. */
+ * mxmoe/gptq_solver.py converts dtypes and builds the QuantizedWeight; these functions take exact dtypes. */
 #include "binding_py.h"
 #include "mx_gptq.h"
 #include "mx_quant.h"

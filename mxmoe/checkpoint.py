@@ -189,7 +189,7 @@ def attach_plan(model: Any, quant_config: dict) -> None:
     plan_json = quant_config.get("plan")
     model.mxmoe_plan = None
     if plan_json is not None:
-        from .allocate import Plan
+        from .allocation import Plan
         model.mxmoe_plan = Plan.from_json(json.dumps(plan_json))
     model.mxmoe_extra_config = {k: v for k, v in quant_config.items()
                                 if k not in ("quant_method", "version", "mxmoe_version", "plan", "modules",

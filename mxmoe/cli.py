@@ -79,7 +79,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.dtype)
     plan = None
     if args.plan:
-        from .allocate import Plan
+        from .allocation import Plan
         plan = Plan.from_json(_read_text(args.plan))
     quantize(model, _read_text(args.calib), wbits=args.wbits, abits=args.abits, r=args.r,
              candidates=_candidates(args.candidates), plan=plan, method=args.method, rotate=not args.no_rotate,
@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .model import calibration_windows, make_plan
-    from .profile import profile
+    from .profiling import profile
     from .rotate import rotate_model
 
     model, tokenizer = load_model(args.model, args.dtype)

@@ -151,14 +151,14 @@ class _Workbench:
 
     def profile(self, rotated: bool) -> Any:
         if rotated not in self._profiles:
-            from .profile import profile
+            from .profiling import profile
             model = self._rotated if rotated else self.base
             if model is None:
                 self.model(True)
                 model = self._rotated
             path = self._cache_path("profile", rotated, ".npz")
             if path is not None and path.exists():
-                from .profile import Profile
+                from .profiling import Profile
                 self._profiles[rotated] = Profile.load(str(path))
             else:
                 self._profiles[rotated] = profile(model, self.windows, seq_len=self.seq_len,
@@ -175,14 +175,14 @@ class _Workbench:
         rotated = bool(config["rotate"])
         model = self.model(rotated)
         if config["kind"] == "uniform" and config["method"] == "rtn":  # RTN needs no calibration statistics
-            from .allocate import Plan
+            from .allocation import Plan
             from .model import model_signature
             plan = Plan.uniform(model_signature(model), config["scheme"])
             return quantize(model, self.windows, plan=plan, method="rtn", rotate=False, prerotated=rotated,
                             seed=self.seed, progress=False)
         prof = self.profile(rotated)
         if config["kind"] == "uniform":
-            from .allocate import Plan
+            from .allocation import Plan
             plan = Plan.uniform(prof, config["scheme"])
             return quantize(model, self.windows, plan=plan, method=config["method"], rotate=False,
                             prerotated=rotated, profile=prof, seed=self.seed)

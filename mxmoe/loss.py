@@ -197,7 +197,7 @@ def _layer_out(profile, schemes, model, refs, calib, tokenizer, n_windows, seq_l
     from tqdm.auto import tqdm
 
     from . import arch, hooks
-    from .profile import calibration_windows, first_layer_inputs
+    from .profiling import calibration_windows, first_layer_inputs
 
     windows = calibration_windows(calib, seq_len, n_windows, tokenizer, getattr(model.config, "vocab_size", None))
     hooks.register_experts_function(LOSS_IMPLEMENTATION, _act_quant_experts_forward)

@@ -148,7 +148,7 @@ def make_plan(model: Any, profile: Any, wbits: float, abits: float | None = None
               progress: bool = True, **allocate_kwargs: Any) -> Any:
     """Loss table (:func:`mxmoe.estimate_loss`, Hessian proxy, on ``model`` as profiled) + :func:`mxmoe.allocate`.
     Candidates default to the weight-only schemes, or all schemes when ``abits`` is given."""
-    from .allocate import allocate
+    from .allocation import allocate
     from .loss import estimate_loss
 
     pool = candidate_pool(profile, abits, candidates)
@@ -161,7 +161,7 @@ def make_plan(model: Any, profile: Any, wbits: float, abits: float | None = None
 
 def _quantize_block(W: np.ndarray, H: np.ndarray | None, scheme: Any, method: str) -> Any:
     if method == "gptq":
-        from .gptq import gptq
+        from .gptq_solver import gptq
         return gptq(W, H, scheme)
     from .quant import quantize_rtn
     return quantize_rtn(W, scheme)
@@ -218,7 +218,7 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
         logger.info("rotating the residual stream (random Hadamard, seed %d)", seed)
         rotate_model(model, seed=seed)
     if need_profile and profile is None:
-        from .profile import profile as run_profile
+        from .profiling import profile as run_profile
         profile = run_profile(model, windows, seq_len=windows.shape[1], n_samples=windows.shape[0])
     if plan is None:
         plan = make_plan(model, profile, wbits, abits=abits, r=r, candidates=candidates, tokens=tokens, gpu=gpu,

@@ -11,7 +11,7 @@ import pytest
 import mxmoe
 from mxmoe._reference.ilp import (LIMIT_RTOL, allocate_blocks_bruteforce, enumerate_assignments, feasible_mask,
                                   objective_value)
-from mxmoe.allocate import Plan, allocate, allocate_blocks, allocate_blocks_detail
+from mxmoe.allocation import Plan, allocate, allocate_blocks, allocate_blocks_detail
 
 # The C allocator is exact up to MX_ILP_EPS = 1e-7 in normalised objective units (csrc/mx_ilp.h) plus GLPK's
 # 1e-9 branch-and-bound tolerance; 1e-6 relative leaves a 10x margin and is far below any real gap between two

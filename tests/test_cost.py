@@ -9,7 +9,7 @@ import pytest
 
 from mxmoe import Scheme
 from mxmoe.cost import GPU_PRESETS, CostModel, arithmetic_unit, expected_tokens
-from mxmoe.profile import BlockInfo
+from mxmoe.profiling import BlockInfo
 
 # the model is closed-form arithmetic: only float rounding separates it from the hand computation
 TIME_RTOL = 1e-12

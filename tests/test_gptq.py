@@ -10,7 +10,7 @@ import pytest
 import mxmoe
 from mxmoe import as_scheme, quantize_rtn
 from mxmoe._reference import gptq as ref
-from mxmoe.gptq import GPTQFallbackWarning, gptq, hessian_error
+from mxmoe.gptq_solver import GPTQFallbackWarning, gptq, hessian_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI_MODEL = os.path.join(ROOT, "models", "qwen2moe-mini")
@@ -214,15 +214,17 @@ def test_gptq_inverse_cholesky():
 
 
 def test_public_name():
-    """mxmoe.gptq is the function (lazy export); once the submodule mxmoe.gptq is imported, Python binds the
-    package attribute to the module, which mxmoe/gptq.py makes callable as the same function."""
+    """mxmoe.gptq is the function (lazy export), also after its module mxmoe.gptq_solver is imported (the module
+    is named apart from the function so that importing it cannot rebind the package attribute); likewise for
+    mxmoe.profile and mxmoe.allocate."""
     W = np.random.default_rng(11).standard_normal((2, 64)).astype(np.float32)
     H = correlated_hessian(64, 80, 4, seed=12)
     assert mxmoe.gptq(W, H, "w4a16_g32_asym").equals(gptq(W, H, "w4a16_g32_asym"))
     import subprocess
     import sys
-    code = ("import sys, mxmoe; f = mxmoe.gptq; import mxmoe.gptq; m = sys.modules[\"mxmoe.gptq\"]; "
-            "assert f is m.gptq and callable(mxmoe.gptq)")
+    code = ("import mxmoe, mxmoe.gptq_solver, mxmoe.profiling, mxmoe.allocation, mxmoe.model; "
+            "import types; assert all(isinstance(f, types.FunctionType) "
+            "for f in (mxmoe.gptq, mxmoe.profile, mxmoe.allocate))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

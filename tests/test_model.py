@@ -11,7 +11,7 @@ import torch
 
 from tiny_models import TINY_MODEL_TYPES, random_token_windows, tiny_model
 
-from mxmoe.allocate import Plan
+from mxmoe.allocation import Plan
 from mxmoe.arch import expert_block_weight, moe_layers
 from mxmoe.evaluate import perplexity
 from mxmoe.experts import MxMoEExperts, MxMoELinear
@@ -23,7 +23,7 @@ W8_LOGIT_REL_TOL = 2e-2
 
 
 def _profile(model, windows):
-    from mxmoe.profile import profile
+    from mxmoe.profiling import profile
     return profile(model, windows, seq_len=windows.shape[1], n_samples=windows.shape[0])
 
 
@@ -92,7 +92,7 @@ def test_quantize_activation_scheme_uses_online_hadamard():
 
 
 def test_quantize_gptq_with_allocation():
-    pytest.importorskip("mxmoe.gptq")
+    pytest.importorskip("mxmoe.gptq_solver")
     pytest.importorskip("mxmoe.loss")
     model = tiny_model("qwen2_moe")
     windows = random_token_windows(8, 32)

@@ -15,7 +15,7 @@ import torch
 import mxmoe
 from mxmoe import _C, arch
 from mxmoe._reference import stats as ref_stats
-from mxmoe.profile import FALLBACKS, Profile, calibration_windows
+from mxmoe.profiling import FALLBACKS, Profile, calibration_windows
 from tiny_models import TINY_EXPERTS, random_token_windows, tiny_model
 
 # Hessians: the same float32 rows summed in float64 in a different order, plus float32 forward differences
@@ -281,7 +281,7 @@ def test_stats_accumulate_xtx_bad_input():
 def test_first_layer_inputs():
     """Layer-0 inputs are the token embeddings, and running the layer on them with the captured kwargs reproduces
     the model's own hidden states after layer 0 (output_hidden_states)."""
-    from mxmoe.profile import first_layer_inputs
+    from mxmoe.profiling import first_layer_inputs
 
     model = tiny_model("qwen2_moe")
     windows = random_token_windows(5, 9, seed=3)

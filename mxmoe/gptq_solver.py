@@ -9,8 +9,6 @@ if even that fails, RTN; every fallback is reported on the result (``.gptq_repor
 from __future__ import annotations
 
 import math
-import sys
-import types
 import warnings
 from dataclasses import dataclass
 
@@ -93,15 +91,3 @@ def hessian_error(W: np.ndarray, W_hat: np.ndarray, H: np.ndarray) -> float:
     """The GPTQ objective tr((W - W_hat) H (W - W_hat)^T), in float64."""
     D = np.asarray(W, dtype=np.float64) - np.asarray(W_hat, dtype=np.float64)
     return float(np.einsum("nk,kl,nl->", D, np.asarray(H, dtype=np.float64), D))
-
-
-class _CallableModule(types.ModuleType):
-    """``mxmoe.gptq`` names both this module and its function: after ``import mxmoe.gptq`` Python binds the
-    package attribute to the module, so the module forwards calls to the function (``mxmoe.gptq(W, H, s)`` works
-    either way)."""
-
-    def __call__(self, *args, **kwargs) -> QuantizedWeight:
-        return gptq(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -58,10 +58,8 @@ import json
 import math
 import os
 import resource
-import sys
 import tempfile
 import time
-import types
 import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
@@ -730,16 +728,3 @@ def _assemble(model, refs, results, calib_tokens, min_tokens, fallback, meta) ->
                    calib_tokens=calib_tokens, min_tokens=min_tokens, fallback=fallback,
                    expert_token_counts=counts, routing_mass=mass, routing_weight_sq=weight_sq, hessians=hessians,
                    weighted_hessians=weighted, channel_gains=gains, act_samples=samples, meta=meta)
-
-
-class _CallableModule(types.ModuleType):
-    """``mxmoe.profile`` names both this module and the function :func:`profile`: importing the submodule (e.g.
-    ``from mxmoe.profile import Profile``) makes Python bind the package attribute ``mxmoe.profile`` to the module,
-    shadowing the lazily exported function.  Making the module callable keeps ``mxmoe.profile(model, calib)``
-    working in either order."""
-
-    def __call__(self, *args, **kwargs) -> Profile:
-        return profile(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
