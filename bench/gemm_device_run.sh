@@ -2,6 +2,8 @@
 # One device session for the GEMM work, most important first: build, GPU tests, GEMM benchmark + kernel profile,
 # compute-sanitizer, Nsight Compute probe, the whole-layer benchmark (mxmoe.bench_kernels); logs, JSON under $OUT.
 # Usage (on the device machine, repository root): bash bench/gemm_device_run.sh
+# Trims for short device sessions: BENCH_ARGS (extra bench_gemm.py arguments, e.g. "--tokens 1,16,8192"),
+# PROFILE=0 (no kernel profile), NCU=0 (no Nsight Compute probe), LAYER_TIMEOUT=0 (no whole-layer benchmark).
 set -o pipefail
 export MXMOE_GLPK_PREFIX=$PWD/.deps/glpk LD_LIBRARY_PATH=$PWD/.deps/glpk/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
 export MXMOE_CUDA_ARCHS=${MXMOE_CUDA_ARCHS:-90a} PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -19,14 +21,15 @@ TESTS="tests/test_cuda_gemm.py"
 for t in tests/test_cuda_route.py tests/test_cuda_ops.py; do [ -f $t ] && TESTS="$TESTS $t"; done
 timeout 150 python3 -m pytest -q $TESTS 2>&1 | tail -40 | tee -a $LOG
 step bench_gemm
-timeout 200 python3 bench/bench_gemm.py --out $OUT/kernels-gemm.json --profile-out $OUT/kernel-profile.json \
-    --reps ${REPS:-20} 2>&1 | tee -a $LOG | tail -5
+PROFILE_ARGS="--profile-out $OUT/kernel-profile.json"; [ "${PROFILE:-1}" = 0 ] && PROFILE_ARGS=
+timeout 200 python3 bench/bench_gemm.py --out $OUT/kernels-gemm.json $PROFILE_ARGS \
+    --reps ${REPS:-20} ${BENCH_ARGS:-} 2>&1 | tee -a $LOG | tail -5
 python3 bench/bench_gemm.py --summarize $OUT/kernels-gemm.json 2>&1 | tee -a $LOG
 step sanitizer
 timeout 90 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -x tests/test_cuda_gemm.py \
     -k "mixed or graph" 2>&1 | tail -12 | tee -a $LOG
 step ncu
-(cd bench && timeout 60 ncu --kernel-name regex:"fused_grouped|schedule" --metrics \
+[ "${NCU:-1}" != 0 ] && (cd bench && timeout 60 ncu --kernel-name regex:"fused_grouped|schedule" --metrics \
     gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread \
     python3 gemm_probe.py) > $OUT/ncu.txt 2>&1; tail -40 $OUT/ncu.txt | tee -a $LOG
 step layer_bench
