@@ -219,7 +219,8 @@ def quantize(model: Any, calib: Any, wbits: float = 3.25, abits: float | None = 
         rotate_model(model, seed=seed)
     if need_profile and profile is None:
         from .profiling import profile as run_profile
-        profile = run_profile(model, windows, seq_len=windows.shape[1], n_samples=windows.shape[0])
+        profile = run_profile(model, windows, seq_len=windows.shape[1], n_samples=windows.shape[0], seed=seed,
+                              progress=progress)
     if plan is None:
         plan = make_plan(model, profile, wbits, abits=abits, r=r, candidates=candidates, tokens=tokens, gpu=gpu,
                          seed=seed, progress=progress, **allocate_kwargs)
