@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from .evaluate import run_accuracy_bench
     return run_accuracy_bench(out_path=args.out, max_windows=args.max_windows, n_samples=args.n_samples,
-                              only=_candidates(args.only), cache_dir=args.cache_dir)
+                              only=_candidates(args.only), cache_dir=args.cache_dir, device=args.device)
 
 
 def cmd_bench_kernels(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-samples", type=int, default=128)
     b.add_argument("--only", default=None, help="comma-separated config names to run (merged into --out)")
     b.add_argument("--cache-dir", default=None, help="keep profiles and loss tables here across runs")
+    b.add_argument("--device", default="cpu", help="where the quantized models run for the PPL: cpu (C reference "
+                                                     "GroupGEMM) or cuda (mxmoe's kernels)")
     b.set_defaults(func=cmd_bench_accuracy)
     b = bench.add_parser("kernels", help="GPU kernel benchmark (mxmoe.bench_kernels)", add_help=False)
     b.set_defaults(func=None)

@@ -231,10 +231,11 @@ def _report_fields(model: Any) -> dict:
 
 def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples: int = 128,
                        only: list[str] | None = None, model_dir: str | None = None,
-                       cache_dir: str | None = None) -> int:
+                       cache_dir: str | None = None, device: str = "cpu") -> int:
     """Every accuracy_configs() row on the mini model: PPL on WikiText-2 test (seq 512), written (atomically,
     after every row, so a long run can be followed) to ``out_path``.  Quantized rows run the packed weights through
-    the C reference GroupGEMM (the CPU inference path)."""
+    the C reference GroupGEMM (the CPU inference path) or, with ``device="cuda"``, mxmoe's CUDA kernels (quantization
+    itself always runs on the CPU)."""
     import sys
     import time
 
@@ -247,7 +248,7 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
     previous = json.loads(out.read_text()) if only and out.exists() else None
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "command": "python -m mxmoe " + " ".join(sys.argv[1:]) if sys.argv else "",
-              "machine": _machine(), "model": "models/qwen2moe-mini (fp32 compute)",
+              "machine": _machine(), "device": device, "model": "models/qwen2moe-mini (fp32 compute)",
               "text": "data/wikitext-2/test.txt", "seq_len": 512, "max_windows": max_windows,
               "calibration": f"{bench.windows.shape[0]} x 512 tokens of data/wikitext-2/valid.txt",
               "reference_points_design_md": {"fp32": 68.99, "rtn w4": 69.43, "gptq w4": 69.79, "rtn w3": 72.08,
@@ -263,6 +264,8 @@ def run_accuracy_bench(out_path: str, max_windows: int | None = None, n_samples:
             continue
         started = time.time()
         model = bench.build(config)
+        if device != "cpu":
+            model.to(device)
         built = time.time() - started
         ppl = perplexity(model, bench.tokenizer, test_text, seq_len=512, max_windows=max_windows)
         row = {**config, "ppl": round(ppl, 3), "quantize_s": round(built, 1),

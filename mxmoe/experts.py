@@ -189,24 +189,6 @@ class MxMoEExperts(nn.Module):
         return cls(spec["num_experts"], spec["hidden_size"], spec["intermediate_size"], spec["schemes"],
                    spec["act_fn"], None, spec["hadamard_seed"])
 
-    def _cuda_layer(self, device: torch.device, top_k: int) -> Any:
-        """mxmoe.cuda_ops.MoELayerCUDA of these packed weights on ``device`` (uploaded once, then cached).
-        The GPU layer rotates every expert's down input or none: mixed ``down_hadamard`` flags are refused."""
-        key = (str(device), int(top_k), self.packed.data_ptr())
-        cached = getattr(self, "_cuda_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        from .cuda_ops import MoELayerCUDA, hadamard_factors
-        flags = self.down_hadamard.tolist()
-        if any(flags) and not all(flags):
-            raise RuntimeError("the GPU layer needs the online Hadamard on all experts' down inputs or on none; this "
-                               "module mixes them (re-quantize with this mxmoe version: it rotates per layer)")
-        experts = [tuple(self.block(e, b) for b in BLOCKS) for e in range(self.num_experts)]
-        factors = hadamard_factors(self.intermediate_size, self.hadamard_seed) if all(flags) else None
-        layer = MoELayerCUDA(experts, top_k, device=device, down_hadamard=factors)
-        object.__setattr__(self, "_cuda_cache", (key, layer))  # not a submodule: stays out of state_dict
-        return layer
-
     def block(self, expert: int, block: str) -> Any:
         """QuantizedWeight view of one block (``block`` in gate/up/down)."""
         index = expert * 3 + BLOCKS.index(block)
@@ -221,8 +203,10 @@ class MxMoEExperts(nn.Module):
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         if _require_cpu_or_cuda_build(hidden_states, "MxMoEExperts"):
-            return self._cuda_layer(hidden_states.device, top_k_index.shape[1])(hidden_states, top_k_index,
-                                                                                 top_k_weights)
+            # routing, activation quantization, one fused GEMM launch for all gate/up problems and one for all
+            # down problems, over zero-copy views of `packed` (mxmoe.cuda_ops caches the device tables on self)
+            from .cuda_ops import experts_forward
+            return experts_forward(self, hidden_states, top_k_index, top_k_weights)
         if hidden_states.dim() != 2 or hidden_states.shape[1] != self.hidden_size:
             raise ValueError(f"hidden_states must be [T, {self.hidden_size}], got {tuple(hidden_states.shape)}")
         if top_k_index.shape != top_k_weights.shape or top_k_index.shape[0] != hidden_states.shape[0]:
@@ -334,11 +318,8 @@ class MxMoELinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _require_cpu_or_cuda_build(x, "MxMoELinear"):
-            # no single-linear GPU op yet: the packed weights run through the C reference GEMM on the CPU
-            # (real quantized math, but a host round trip per call; folding shared experts into MoELayerCUDA's
-            # shared_experts is the fast path still to wire)
-            device = x.device
-            return self.to("cpu")._forward_cpu(x.to("cpu")).to(device)
+            from .cuda_ops import linear_forward
+            return linear_forward(self, x)
         return self._forward_cpu(x)
 
     def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:

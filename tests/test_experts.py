@@ -199,10 +199,3 @@ def test_MxMoELinear(lead):
     clone = MxMoELinear.from_spec(module.spec())
     clone.load_state_dict(module.state_dict())
     assert clone.weight_quantized.equals(qw)
-
-
-def test_MxMoEExperts_cuda_layer_refuses_mixed_hadamard():
-    """The GPU layer rotates all experts' down inputs or none; a module mixing them is refused before any upload."""
-    module = MxMoEExperts.from_quantized(_experts([("w4a16_g128_asym",) * 3] * 2), "silu", [True, False])
-    with pytest.raises(RuntimeError, match="all experts' down inputs or on none"):
-        module._cuda_layer(torch.device("cuda"), 2)
