@@ -3,7 +3,7 @@
 # compute-sanitizer, Nsight Compute probe, the whole-layer benchmark (mxmoe.bench_kernels); logs, JSON under $OUT.
 # Usage (on the device machine, repository root): bash bench/gemm_device_run.sh
 # Trims for short device sessions: BENCH_ARGS (extra bench_gemm.py arguments, e.g. "--tokens 1,16,8192"),
-# PROFILE=0 (no kernel profile), NCU=0 (no Nsight Compute probe), LAYER_TIMEOUT=0 (no whole-layer benchmark).
+# PROFILE=0 (no kernel profile), NCU=0 (no Nsight Compute probe), LAYER=0 (no whole-layer benchmark).
 set -o pipefail
 export MXMOE_GLPK_PREFIX=$PWD/.deps/glpk LD_LIBRARY_PATH=$PWD/.deps/glpk/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
 export MXMOE_CUDA_ARCHS=${MXMOE_CUDA_ARCHS:-90a} PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -33,6 +33,6 @@ step ncu
     gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread \
     python3 gemm_probe.py) > $OUT/ncu.txt 2>&1; tail -40 $OUT/ncu.txt | tee -a $LOG
 step layer_bench
-timeout ${LAYER_TIMEOUT:-130} python3 -m mxmoe.bench_kernels --scopes layer --reps 10 --out $OUT/kernels-layer.json \
+[ "${LAYER:-1}" != 0 ] && timeout ${LAYER_TIMEOUT:-130} python3 -m mxmoe.bench_kernels --scopes layer --reps 10 --out $OUT/kernels-layer.json \
     2>&1 | tail -60 | tee -a $LOG
 step done

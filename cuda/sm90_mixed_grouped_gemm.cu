@@ -33,8 +33,9 @@
  *
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
- *   BN = 128 output columns × BM rows (thin: BM = 16, 8 warps side by side, warp tile 16×16;
- *   fat: BM = 64, warps 2×4, warp tile 32×32; prefill variant's fat: BM = 128, warp tile 64×32), K walked in BK steps: BK = 128, except thin tiles of sub-8-bit
+ *   BN output columns × BM rows (thin: 64 × 16, 8 warps side by side, warp tile 16×8; fat: BN = 128,
+ *   BM = 64, warps 2×4, warp tile 32×32; prefill variant's fat: BM = 128, warp tile 64×32), K walked in BK steps:
+ *   BK = 128, except thin tiles of sub-8-bit
  *   weights, where BK = 1024 / W (256 for w4, 384 for w3, 512 for w2) so that every stage reads 128-144
  *   contiguous bytes of each weight row (HBM serves 32-64 B runs scattered over 128 rows at half speed or worse).
  *
@@ -77,7 +78,10 @@ namespace mx {
 constexpr int kThreads = 256;              // 8 warps per CTA, every micro-kernel
 constexpr int kSmemDecode = 110 * 1024;    // dynamic shared memory per CTA, decode variant: 2 CTAs per SM
 constexpr int kSmemPrefill = 220 * 1024;   // prefill variant: 1 CTA per SM (227 KB is the per-block limit)
-constexpr int kBN = 128;                   // output columns per tile, every micro-kernel
+constexpr int kBN = 128;                   // output columns per fat tile
+constexpr int kThinBN = 64;                // output columns per thin tile: twice the tiles, so that a decode launch's
+                                           // tiles spread evenly over the CTAs (Qwen gate_up T=16: 550 tiles of 128
+                                           // over 264 CTAs left a third round of 22 tiles on 22 CTAs)
 constexpr int kGroup = 128;                // the weight group of the g128 schemes
 constexpr int kThinMaxRows = 16;           // experts with at most this many rows use the thin (decode) tile
 
@@ -112,9 +116,9 @@ MX_SCHEME_FACTS(MX_SCHEME_W4A4_G128_SYM, 4, INT4, 128, true, S8)
 static_assert(MX_SCHEME_COUNT == 12, "add the new scheme's facts above and to the dispatch switch below");
 
 /* ---- the two tile shapes (same CTA, same shared-memory budget) ---- */
-template <int BM_, int WARPS_M_, int SMEM_>
+template <int BM_, int WARPS_M_, int SMEM_, int BN_>
 struct Tile {
-    static constexpr int BM = BM_, BN = kBN;
+    static constexpr int BM = BM_, BN = BN_;
     static constexpr bool thin = BM_ <= 16;
     static constexpr int smem = SMEM_;  // the kernel variant's shared-memory budget: sets the pipeline depth
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = (kThreads / 32) / WARPS_M_;
@@ -128,13 +132,13 @@ struct Tile {
  *                                          fragment load, for the tensor-core-bound large-M problems)
  * The host picks prefill when the launch averages >= kPrefillRowsPerGroup rows per expert. */
 struct DecodeVariant {
-    using Thin = Tile<16, 1, kSmemDecode>;
-    using Fat = Tile<64, 2, kSmemDecode>;
+    using Thin = Tile<16, 1, kSmemDecode, kThinBN>;
+    using Fat = Tile<64, 2, kSmemDecode, kBN>;
     static constexpr int min_blocks = 2, smem = kSmemDecode;
 };
 struct PrefillVariant {
-    using Thin = Tile<16, 1, kSmemPrefill>;
-    using Fat = Tile<128, 2, kSmemPrefill>;
+    using Thin = Tile<16, 1, kSmemPrefill, kThinBN>;
+    using Fat = Tile<128, 2, kSmemPrefill, kBN>;
     static constexpr int min_blocks = 1, smem = kSmemPrefill;
 };
 constexpr int kPrefillRowsPerGroup = 96;  // 128-row fat tiles are then >= 75 % full on average
@@ -501,8 +505,7 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
     }
 }
 
-// One fat tile of scheme ID with shape T: a stages-deep cp.async pipeline over K filled from empty, then the
-// epilogue (the fat tiles are tensor-core bound; their 64-row decode shape has no registers left for chaining).
+// One tile of scheme ID with tile shape T: a stages-deep cp.async pipeline over K, then the epilogue.
 template <int ID, class T>
 __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
                          char *smem) {
@@ -557,158 +560,16 @@ __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activati
     epilogue<ID, T>(r, job, acts, y, ldy);
 }
 
-/* The claim mailbox of a CTA: the tile that thread 0 claimed after the current one, decoded, and whether it can
- * continue the current pipeline (same scheme, same tile shape, same k: same stage layout and stage count). */
-struct Mailbox {
-    TileJob job;
-    int32_t tile;   // claimed tile id (>= total: none left)
-    int32_t chain;  // 1: job is valid and compatible with the tile being computed
-};
-
-// Tile id -> its job (rank by binary search over tile_start).  fat: the tile uses the variant's fat shape.
-template <class V>
-__device__ __forceinline__ TileJob decode_tile(const Schedule &sched, const mx_cuda_problem *problems,
-                                               int32_t n_problems, int tile, bool &fat) {
-    int lo = 0, hi = n_problems;  // rank = the last r with tile_start[r] <= tile
-    while (hi - lo > 1) {
-        const int mid = (lo + hi) >> 1;
-        if (sched.tile_start[mid] <= tile) lo = mid;
-        else hi = mid;
-    }
-    const TileGroup grp = sched.groups[lo];
-    const int local = tile - sched.tile_start[lo];
-    const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
-    const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
-    TileJob job;
-    job.problem = problems + grp.problem;
-    job.row0 = grp.row0 + (int64_t)m_tile * bm;
-    job.m_rows = min(bm, grp.rows - m_tile * bm);
-    job.n0 = n_tile * kBN;
-    fat = grp.fat != 0;
-    return job;
-}
-
-/* Tiles of scheme ID with shape T, as ONE stages-deep cp.async pipeline that runs across tiles:
- *
- *   claim(next) ─ prologue ─ [wait · barrier · load stage kt+stages-1 · compute kt] × k_tiles ─ epilogue ─┐
- *                                                      │ past this tile's last stage: the NEXT tile's     │
- *                                                      └ first stages, when it is compatible              │
- *   ... next tile: its first stages already in shared memory, no refill from empty ◄──────────────────────┘
- *
- * Thread 0 claims the next tile when a tile starts (the atomic's latency overlaps the first stage's compute),
- * decodes it after that compute and publishes it in the mailbox; everyone reads it at the next barrier, i.e. before
- * the first load that may need it (stage k_tiles, issued at kt = k_tiles - stages + 1 >= 1).  Chaining needs
- * k_tiles >= stages, so loads run at most one tile ahead.  Every iteration commits exactly one cp.async group
- * (possibly empty), hence the stage with global index s is always group s and wait<stages - 2> stays exact.
- * A tile that cannot continue the chain (other scheme / shape / k, or none left) is returned to the kernel loop,
- * already claimed.  Only thin (decode) tiles run here: the fat ones are tensor-core bound and have no registers to
- * spare (the chaining state spilled 40-150 bytes in the 64-row decode-variant tile); they run run_tile. */
-template <int ID, class T, class V>
-__device__ __noinline__ int run_tiles(TileJob job, const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
-                                      char *smem, const Schedule &sched, const mx_cuda_problem *problems,
-                                      int32_t n_problems, int total, Mailbox *mailbox) {
-    using S = Scheme<ID>;
-    using L = Stage<ID, T>;
-    constexpr int stages = L::stages;
-    static_assert(T::thin, "fat tiles run run_tile");
-    const int k = job.problem->k;
-    const int k_tiles = (k + L::BK - 1) / L::BK;
-    const bool can_chain = k_tiles >= stages;
-    const uint32_t smem0 = smem_u32(smem);
-
-    int pending = 0;
-    if (threadIdx.x == 0) pending = atomicAdd(sched.counter, 1);  // the tile after this one
-
-    Accum<ID, T> r;
-    int z_col[T::NT];
-    // Per-channel asym zero points of the lane's weight rows (g128 zeros come with each stage); fresh sums.
-    auto start_tile = [&](const TileJob &jb) {
-#pragma unroll
-        for (int i = 0; i < T::MT; i++)
-#pragma unroll
-            for (int j = 0; j < T::NT; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    r.acc[i][j][e] = 0.f;
-                    r.part[i][j][e] = 0;
-                }
-#pragma unroll
-        for (int j = 0; j < T::NT; j++) {
-            z_col[j] = 0;
-            if constexpr (!S::sym && S::G < 0) {
-                const int warp = threadIdx.x >> 5;
-                const int n = jb.n0 + (warp % T::WARPS_N) * T::WN + j * 8 + ((threadIdx.x & 31) >> 2);
-                z_col[j] = n < jb.problem->n ? static_cast<const uint8_t *>(jb.problem->zeros)[n] : 0;
-            }
-        }
-    };
-    start_tile(job);
-
-    // Prologue: stages - 1 stages in flight.
-#pragma unroll
-    for (int s = 0; s < stages - 1; s++) {
-        if (s < k_tiles) load_stage<ID, T>(job, acts, s, smem0 + s * L::bytes);
-        cp_async_commit();
-    }
-    bool next_ok = false;  // the mailbox's job continues this pipeline (its fields are read from shared memory)
-    int slot = 0;  // slot of stage kt; the stage loaded in this iteration goes to (slot + stages - 1) % stages
-    for (int kt = 0;;) {
-        cp_async_wait<stages - 2>();
-        __syncthreads();  // stage kt visible to all warps; every warp is done with stage kt - 1
-        if (kt == 1 && can_chain) next_ok = mailbox->chain != 0;  // published by thread 0 after stage 0
-        const int load_kt = kt + stages - 1;
-        const int load_slot = slot == 0 ? stages - 1 : slot - 1;
-        if (load_kt < k_tiles) load_stage<ID, T>(job, acts, load_kt, smem0 + load_slot * L::bytes);
-        else if (next_ok) load_stage<ID, T>(mailbox->job, acts, load_kt - k_tiles, smem0 + load_slot * L::bytes);
-        cp_async_commit();
-        compute_stage<ID, T>(r, smem + slot * L::bytes, smem0 + slot * L::bytes, job, z_col);
-        if (kt == 0 && threadIdx.x == 0) {  // decode the claimed tile and publish it (read at the next barrier)
-            Mailbox m;
-            m.tile = pending;
-            m.chain = 0;
-            if (can_chain && pending < total) {
-                bool fat;
-                m.job = decode_tile<V>(sched, problems, n_problems, pending, fat);
-                m.chain = fat == !T::thin && m.job.problem->scheme_id == ID && m.job.problem->k == k;
-            }
-            *mailbox = m;
-        }
-        slot = slot + 1 == stages ? 0 : slot + 1;
-        if (++kt < k_tiles) continue;
-        epilogue<ID, T>(r, job, acts, y, ldy);
-        if (!next_ok) break;
-        // Continue with the next tile: its first stages are in flight or landed already.
-        job = mailbox->job;  // written before the barrier of stage 0; rewritten only after the next such barrier
-        next_ok = false;
-        kt = 0;
-        start_tile(job);
-        if (threadIdx.x == 0) pending = atomicAdd(sched.counter, 1);
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // the next tile may overwrite every slot; thread 0's last mailbox write is visible
-    return mailbox->tile;
-}
-
 template <int ID, class V>
-__device__ __forceinline__ int run_tiles_any(bool fat, const TileJob &job, const mx_cuda_activations &acts,
-                                             uint16_t *y, int64_t ldy, char *smem, const Schedule &sched,
-                                             const mx_cuda_problem *problems, int32_t n_problems, int total,
-                                             Mailbox *mailbox) {
-    if (fat) {  // claim the next tile after this one, as thin chains do
-        run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
-        if (threadIdx.x == 0) mailbox->tile = atomicAdd(sched.counter, 1);
-        __syncthreads();
-        const int next = mailbox->tile;
-        __syncthreads();  // everyone read it before thread 0 may overwrite it
-        return next;
-    }
-    return run_tiles<ID, typename V::Thin, V>(job, acts, y, ldy, smem, sched, problems, n_problems, total, mailbox);
+__device__ __forceinline__ void run_tile_any(bool fat, const TileJob &job, const mx_cuda_activations &acts,
+                                             uint16_t *y, int64_t ldy, char *smem) {
+    if (fat) run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
+    else run_tile<ID, typename V::Thin>(job, acts, y, ldy, smem);
 }
 
 /* ======================================== kernels ======================================== */
 
-// The persistent GEMM: claim tiles heaviest-first until the list is exhausted.  run_tiles claims the tile after
-// each one it computes (and continues with it when it can), so this loop only dispatches on the scheme.
+// The persistent GEMM: claim tiles heaviest-first until the list is exhausted.
 template <class V>
 __global__ void __launch_bounds__(kThreads, V::min_blocks)
     fused_grouped_gemm_kernel(const mx_cuda_problem *__restrict__ problems, Schedule sched,
@@ -716,32 +577,48 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
                               int32_t n_problems) {
     extern __shared__ __align__(128) char smem[];
     __shared__ int claimed;
-    __shared__ Mailbox mailbox;
     grid_dependency_wait();  // launched early (programmatic dependent launch): wait for the schedule kernel
     const int total = *sched.total;
-    if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
-    __syncthreads();
-    int tile = claimed;
-    while (tile < total) {
-        bool fat;
-        const TileJob job = decode_tile<V>(sched, problems, n_problems, tile, fat);
-#define MX_RUN(ID) tile = run_tiles_any<ID, V>(fat, job, acts, y, ldy, smem, sched, problems, n_problems, total, &mailbox)
-        switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
-        case MX_SCHEME_W16A16: MX_RUN(MX_SCHEME_W16A16); break;
-        case MX_SCHEME_W8A16_GN1_SYM: MX_RUN(MX_SCHEME_W8A16_GN1_SYM); break;
-        case MX_SCHEME_W4A16_GN1_ASYM: MX_RUN(MX_SCHEME_W4A16_GN1_ASYM); break;
-        case MX_SCHEME_W4A16_G128_ASYM: MX_RUN(MX_SCHEME_W4A16_G128_ASYM); break;
-        case MX_SCHEME_W3A16_G128_ASYM: MX_RUN(MX_SCHEME_W3A16_G128_ASYM); break;
-        case MX_SCHEME_W2A16_G128_ASYM: MX_RUN(MX_SCHEME_W2A16_G128_ASYM); break;
-        case MX_SCHEME_W8A8_GN1_SYM: MX_RUN(MX_SCHEME_W8A8_GN1_SYM); break;
-        case MX_SCHEME_W8A8_GN1_SYM_FP8: MX_RUN(MX_SCHEME_W8A8_GN1_SYM_FP8); break;
-        case MX_SCHEME_W4A8_GN1_SYM: MX_RUN(MX_SCHEME_W4A8_GN1_SYM); break;
-        case MX_SCHEME_W4A8_G128_ASYM: MX_RUN(MX_SCHEME_W4A8_G128_ASYM); break;
-        case MX_SCHEME_W4A4_GN1_SYM: MX_RUN(MX_SCHEME_W4A4_GN1_SYM); break;
-        case MX_SCHEME_W4A4_G128_SYM: MX_RUN(MX_SCHEME_W4A4_G128_SYM); break;
-        default: tile = total; break;  // unreachable: the host checked the table
+    for (;;) {
+        if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
+        __syncthreads();
+        const int tile = claimed;
+        __syncthreads();  // everyone read `claimed` before thread 0 overwrites it
+        if (tile >= total) break;
+
+        // rank = the last r with tile_start[r] <= tile (binary search over n_problems + 1 entries)
+        int lo = 0, hi = n_problems;
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) >> 1;
+            if (sched.tile_start[mid] <= tile) lo = mid;
+            else hi = mid;
         }
-#undef MX_RUN
+        const TileGroup grp = sched.groups[lo];
+        const int local = tile - sched.tile_start[lo];
+        const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
+        const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
+        TileJob job;
+        job.problem = problems + grp.problem;
+        job.row0 = grp.row0 + (int64_t)m_tile * bm;
+        job.m_rows = min(bm, grp.rows - m_tile * bm);
+        job.n0 = n_tile * (grp.fat ? V::Fat::BN : V::Thin::BN);
+        const bool fat = grp.fat != 0;
+
+        switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
+        case MX_SCHEME_W16A16: run_tile_any<MX_SCHEME_W16A16, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A16_GN1_SYM: run_tile_any<MX_SCHEME_W8A16_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_GN1_ASYM: run_tile_any<MX_SCHEME_W4A16_GN1_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A16_G128_ASYM: run_tile_any<MX_SCHEME_W4A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W3A16_G128_ASYM: run_tile_any<MX_SCHEME_W3A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W2A16_G128_ASYM: run_tile_any<MX_SCHEME_W2A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM: run_tile_any<MX_SCHEME_W8A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W8A8_GN1_SYM_FP8: run_tile_any<MX_SCHEME_W8A8_GN1_SYM_FP8, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_GN1_SYM: run_tile_any<MX_SCHEME_W4A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A8_G128_ASYM: run_tile_any<MX_SCHEME_W4A8_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_GN1_SYM: run_tile_any<MX_SCHEME_W4A4_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        case MX_SCHEME_W4A4_G128_SYM: run_tile_any<MX_SCHEME_W4A4_G128_SYM, V>(fat, job, acts, y, ldy, smem); break;
+        default: break;  // unreachable: the host checked the table
+        }
     }
 }
 
@@ -762,8 +639,9 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, int bm) {
     case MX_SCHEME_W4A8_G128_ASYM: w_bits = 4; a_bits = 8; int_mma = true; break;
     default: w_bits = 4; a_bits = 4; int_mma = true; break;
     }
-    const float bytes = (float)p.k * (kBN * w_bits + bm * a_bits) / 8.f;
-    const float flops = 2.f * bm * kBN * p.k;
+    const int bn = bm <= kThinMaxRows ? kThinBN : kBN;
+    const float bytes = (float)p.k * (bn * w_bits + bm * a_bits) / 8.f;
+    const float flops = 2.f * bm * bn * p.k;
     const float bytes_per_ns = 23.f;                          // ~3 TB/s over 132 SMs
     const float flops_per_ns = int_mma ? 7000.f : 3500.f;     // mma.sync s8 / bf16 per SM, ~70% of peak
     return bytes / bytes_per_ns + flops / flops_per_ns;
@@ -789,8 +667,8 @@ __global__ void __launch_bounds__(1024)
         mine.rows = (int32_t)(hi - lo);
         mine.row0 = lo;
         mine.fat = mine.rows > kThinMaxRows;
-        mine.tiles_n = (p.n + kBN - 1) / kBN;
-        const int bm = mine.fat ? fat_bm : kThinMaxRows;
+        const int bm = mine.fat ? fat_bm : kThinMaxRows, bn = mine.fat ? kBN : kThinBN;
+        mine.tiles_n = (p.n + bn - 1) / bn;
         my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
         cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm) : 0.f;
     }
