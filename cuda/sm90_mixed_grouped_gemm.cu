@@ -33,9 +33,8 @@
  *
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
- *   BN output columns × BM rows (thin: 64 × 16, 8 warps side by side, warp tile 16×8; fat: BN = 128,
- *   BM = 64, warps 2×4, warp tile 32×32; prefill variant's fat: BM = 128, warp tile 64×32), K walked in BK steps:
- *   BK = 128, except thin tiles of sub-8-bit
+ *   BN = 128 output columns × BM rows (thin: BM = 16, 8 warps side by side, warp tile 16×16;
+ *   fat: BM = 64, warps 2×4, warp tile 32×32; prefill variant's fat: BM = 128, warp tile 64×32), K walked in BK steps: BK = 128, except thin tiles of sub-8-bit
  *   weights, where BK = 1024 / W (256 for w4, 384 for w3, 512 for w2) so that every stage reads 128-144
  *   contiguous bytes of each weight row (HBM serves 32-64 B runs scattered over 128 rows at half speed or worse).
  *
@@ -78,10 +77,7 @@ namespace mx {
 constexpr int kThreads = 256;              // 8 warps per CTA, every micro-kernel
 constexpr int kSmemDecode = 110 * 1024;    // dynamic shared memory per CTA, decode variant: 2 CTAs per SM
 constexpr int kSmemPrefill = 220 * 1024;   // prefill variant: 1 CTA per SM (227 KB is the per-block limit)
-constexpr int kBN = 128;                   // output columns per fat tile
-constexpr int kThinBN = 64;                // output columns per thin tile: twice the tiles, so that a decode launch's
-                                           // tiles spread evenly over the CTAs (Qwen gate_up T=16: 550 tiles of 128
-                                           // over 264 CTAs left a third round of 22 tiles on 22 CTAs)
+constexpr int kBN = 128;                   // output columns per tile, every micro-kernel
 constexpr int kGroup = 128;                // the weight group of the g128 schemes
 constexpr int kThinMaxRows = 16;           // experts with at most this many rows use the thin (decode) tile
 
@@ -116,9 +112,9 @@ MX_SCHEME_FACTS(MX_SCHEME_W4A4_G128_SYM, 4, INT4, 128, true, S8)
 static_assert(MX_SCHEME_COUNT == 12, "add the new scheme's facts above and to the dispatch switch below");
 
 /* ---- the two tile shapes (same CTA, same shared-memory budget) ---- */
-template <int BM_, int WARPS_M_, int SMEM_, int BN_>
+template <int BM_, int WARPS_M_, int SMEM_>
 struct Tile {
-    static constexpr int BM = BM_, BN = BN_;
+    static constexpr int BM = BM_, BN = kBN;
     static constexpr bool thin = BM_ <= 16;
     static constexpr int smem = SMEM_;  // the kernel variant's shared-memory budget: sets the pipeline depth
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = (kThreads / 32) / WARPS_M_;
@@ -132,13 +128,13 @@ struct Tile {
  *                                          fragment load, for the tensor-core-bound large-M problems)
  * The host picks prefill when the launch averages >= kPrefillRowsPerGroup rows per expert. */
 struct DecodeVariant {
-    using Thin = Tile<16, 1, kSmemDecode, kThinBN>;
-    using Fat = Tile<64, 2, kSmemDecode, kBN>;
+    using Thin = Tile<16, 1, kSmemDecode>;
+    using Fat = Tile<64, 2, kSmemDecode>;
     static constexpr int min_blocks = 2, smem = kSmemDecode;
 };
 struct PrefillVariant {
-    using Thin = Tile<16, 1, kSmemPrefill, kThinBN>;
-    using Fat = Tile<128, 2, kSmemPrefill, kBN>;
+    using Thin = Tile<16, 1, kSmemPrefill>;
+    using Fat = Tile<128, 2, kSmemPrefill>;
     static constexpr int min_blocks = 1, smem = kSmemPrefill;
 };
 constexpr int kPrefillRowsPerGroup = 96;  // 128-row fat tiles are then >= 75 % full on average
@@ -601,7 +597,7 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
         job.problem = problems + grp.problem;
         job.row0 = grp.row0 + (int64_t)m_tile * bm;
         job.m_rows = min(bm, grp.rows - m_tile * bm);
-        job.n0 = n_tile * (grp.fat ? V::Fat::BN : V::Thin::BN);
+        job.n0 = n_tile * kBN;
         const bool fat = grp.fat != 0;
 
         switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
@@ -639,9 +635,8 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, int bm) {
     case MX_SCHEME_W4A8_G128_ASYM: w_bits = 4; a_bits = 8; int_mma = true; break;
     default: w_bits = 4; a_bits = 4; int_mma = true; break;
     }
-    const int bn = bm <= kThinMaxRows ? kThinBN : kBN;
-    const float bytes = (float)p.k * (bn * w_bits + bm * a_bits) / 8.f;
-    const float flops = 2.f * bm * bn * p.k;
+    const float bytes = (float)p.k * (kBN * w_bits + bm * a_bits) / 8.f;
+    const float flops = 2.f * bm * kBN * p.k;
     const float bytes_per_ns = 23.f;                          // ~3 TB/s over 132 SMs
     const float flops_per_ns = int_mma ? 7000.f : 3500.f;     // mma.sync s8 / bf16 per SM, ~70% of peak
     return bytes / bytes_per_ns + flops / flops_per_ns;
@@ -667,8 +662,8 @@ __global__ void __launch_bounds__(1024)
         mine.rows = (int32_t)(hi - lo);
         mine.row0 = lo;
         mine.fat = mine.rows > kThinMaxRows;
-        const int bm = mine.fat ? fat_bm : kThinMaxRows, bn = mine.fat ? kBN : kThinBN;
-        mine.tiles_n = (p.n + bn - 1) / bn;
+        mine.tiles_n = (p.n + kBN - 1) / kBN;
+        const int bm = mine.fat ? fat_bm : kThinMaxRows;
         my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
         cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm) : 0.f;
     }
