@@ -23,6 +23,11 @@ __version__ = "0.1.0"
 
 from ._cuda_status import cuda_available, cuda_status
 from ._scheme import Scheme, SchemeLike, as_scheme, scheme_id, schemes
+from .hf_quantizer import install_import_hook as _install_hf_import_hook
+
+# After `import mxmoe`, AutoModelForCausalLM.from_pretrained understands quant_method "mxmoe" checkpoints, whether
+# transformers was imported before or after mxmoe; this does not import transformers itself.
+_install_hf_import_hook()
 
 # public name -> module that defines it (imported on first use)
 _LAZY_EXPORTS = {
@@ -45,6 +50,8 @@ _LAZY_EXPORTS = {
     "Plan": "mxmoe.allocation",
     "quantize": "mxmoe.model",
     "MxMoEExperts": "mxmoe.experts",
+    "MxMoELinear": "mxmoe.experts",
+    "rotate_model": "mxmoe.rotate",
     "save_quantized": "mxmoe.checkpoint",
     "load_quantized": "mxmoe.checkpoint",
     "perplexity": "mxmoe.evaluate",
