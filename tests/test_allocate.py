@@ -12,6 +12,7 @@ import mxmoe
 from mxmoe._reference.ilp import (LIMIT_RTOL, allocate_blocks_bruteforce, enumerate_assignments, feasible_mask,
                                   objective_value)
 from mxmoe.allocation import Plan, allocate, allocate_blocks, allocate_blocks_detail
+from mxmoe.profiling import BlockInfo
 
 # The C allocator is exact up to MX_ILP_EPS = 1e-7 in normalised objective units (csrc/mx_ilp.h) plus GLPK's
 # 1e-9 branch-and-bound tolerance; 1e-6 relative leaves a 10x margin and is far below any real gap between two
@@ -308,19 +309,6 @@ def test_allocate_blocks_binding_checks() -> None:
 # allocate() and Plan, on a Profile-like object with precomputed loss and time
 # ---------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FakeBlockInfo:
-    layer: int
-    expert: int
-    block: str
-    out_features: int
-    in_features: int
-    tokens: int
-    routing_mass: float
-    starved: bool
-    shared: bool
-
-
 @dataclass
 class FakeProfile:
     model_type: str
@@ -343,7 +331,7 @@ def make_profile(num_layers: int = 3, num_experts: int = 4, hidden: int = 256, i
             count = 512 if shared else int(tokens[expert])
             for block in ("gate", "up", "down"):
                 out_features, in_features = (width, hidden) if block != "down" else (hidden, width)
-                blocks.append(FakeBlockInfo(layer, expert, block, out_features, in_features, count, float(count),
+                blocks.append(BlockInfo(layer, expert, block, out_features, in_features, count, float(count),
                                             count == 0, shared))
     return FakeProfile("qwen2_moe", num_layers, num_experts, 4, blocks)
 
