@@ -27,6 +27,8 @@
  *     CTA 0:  t = atomicAdd(counter) ─► tile 0  ─► t = atomicAdd ─► tile 7   ─► ...
  *     CTA 1:  t = atomicAdd(counter) ─► tile 1  ─► ...
  *     ...                                             until t >= total
+ *   (a CTA claims its next tile when it starts the current one, so the atomic's latency is never waited for;
+ *   tile_start is cached in shared memory for tables of <= 256 problems)
  *
  *   Heaviest tiles are claimed first (longest-processing-time-first), so the light tail balances the SMs.  Within
  *   a problem the n-tiles of one m-tile are consecutive: CTAs working at the same time share the A rows in L2.
@@ -34,9 +36,13 @@
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
  *   BN = 128 output columns × BM rows (thin: BM = 16, 8 warps side by side, warp tile 16×16;
- *   fat: BM = 64, warps 2×4, warp tile 32×32; prefill variant's fat: BM = 128, warp tile 64×32), K walked in BK steps: BK = 128, except thin tiles of sub-8-bit
- *   weights, where BK = 1024 / W (256 for w4, 384 for w3, 512 for w2) so that every stage reads 128-144
- *   contiguous bytes of each weight row (HBM serves 32-64 B runs scattered over 128 rows at half speed or worse).
+ *   fat: BM = 64, warps 2×4, warp tile 32×32; prefill variant's fat: BM = 128, warp tile 64×32), K walked in BK
+ *   steps: BK = 128, except thin tiles of sub-8-bit weights, where BK = 1024 / W (256 for w4, 384 for w3, 512 for
+ *   w2) so that every stage reads 128-144 contiguous bytes of each weight row (HBM serves 32-64 B runs scattered
+ *   over 128 rows at half speed or worse).  Two micro-kernels leave this shared pipeline (sections below):
+ *     - thin tiles of w4a16 / w2a16 (decode): warp-private weight streams, "decode stream micro-kernel";
+ *     - on sm_90a, the prefill variant's fat tiles of w8a8 / w8a8_fp8: 128 × 256 wgmma tiles (the schedule gives
+ *       those problems 256-column tiles), "wgmma fat tile".
  *
  *          k ───────────────────────────►            Each BK step is one pipeline stage in shared memory:
  *   rows  ┌──────┬──────┬──────┬──────┐                 A  [BM][BK] activations (bf16 / int8 / e4m3 / int4)
@@ -71,13 +77,14 @@
 
 #include "dequant.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace mx {
 
 constexpr int kThreads = 256;              // 8 warps per CTA, every micro-kernel
 constexpr int kSmemDecode = 110 * 1024;    // dynamic shared memory per CTA, decode variant: 2 CTAs per SM
 constexpr int kSmemPrefill = 220 * 1024;   // prefill variant: 1 CTA per SM (227 KB is the per-block limit)
-constexpr int kBN = 128;                   // output columns per tile, every micro-kernel
+constexpr int kBN = 128;                   // output columns per tile (wgmma fat tiles: kWgmmaBN)
 constexpr int kGroup = 128;                // the weight group of the g128 schemes
 constexpr int kThinMaxRows = 16;           // experts with at most this many rows use the thin (decode) tile
 
@@ -179,9 +186,10 @@ struct TileGroup {       // one problem, in rank order (heaviest first)
     int32_t problem;     // index into the problem table
     int32_t fat;         // 0: the variant's thin tile, 1: its fat tile
     int32_t rows;        // M of the problem's expert (clamped to [0, max_rows])
-    int32_t tiles_n;     // ceil(n / BN)
+    int32_t tiles_n;     // ceil(n / bn)
     int64_t row0;        // first row of the expert in X and Y
-    int64_t pad;
+    int32_t bn;          // output columns per tile: kBN, or kWgmmaBN for wgmma fat tiles
+    int32_t pad;
 };
 static_assert(sizeof(TileGroup) == 32, "TileGroup is a 32-byte record");
 
@@ -501,6 +509,320 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
     }
 }
 
+/* ======================================== decode stream micro-kernel ========================================
+ *
+ * Thin tiles (<= 16 rows) of the 4- and 2-bit weight-only schemes take this path instead of run_tile.  At
+ * decode a tile is pure weight streaming: 128 columns × K codes read once, a few activation rows re-read from L2.
+ * run_tile keeps one CTA-wide pipeline (one __syncthreads per stage, every warp waiting for the slowest stage); here
+ * every warp streams its own 16 weight rows through a private cp.async ring and never waits for another warp's
+ * weights:
+ *
+ *   warp w: output columns n0 + 16w + [0, 16)  = rows g and 8 + g of two n8 mma tiles (g = lane / 4)
+ *   chunk  = CK = 1024 / W codes of K (2 groups of 128 for w4, 4 for w2): 128 contiguous bytes of each
+ *            of the warp's 16 rows, i.e. 2 KB per warp, in flight kStreamDepth chunks ahead
+ *   lane (g, t) copies, for each of its two rows and each group q of the chunk, the 32 codes
+ *            k = chunk·CK + 128q + 32t + [0, 32)        (one pack: 4W bytes)
+ *   and then uses exactly the bytes it copied itself as mma B operands: no barrier or __syncwarp guards the ring.
+ *
+ * The K order inside an mma is free (a dot product does not care), so each lane feeds the codes in the order that
+ * is cheapest to unpack, and builds the activation fragment in the same order with PRMT:
+ *   w4: one LOP3 gives codes (i, i + 4) of a word as a bf16 pair, so the k16 steps of word j take
+ *       codes {0,4 | 1,5} and {2,6 | 3,7}: a0 = (x_k0, x_k4), a2 = (x_k1, x_k5), ...
+ *   w2: codes (i, i + 8) of a 16-code word.
+ * All four lanes t of an mma read the same 128-group (lane t's 32 codes lie in group q), so the group's scale
+ * still multiplies whole fp32 partial sums, exactly as in run_tile.
+ *
+ * Activations, scales and zeros are shared by the 8 warps: the CTA copies them per slice of kStreamSliceK = 512 k
+ * into one of NA slice buffers (rows >= M are never read back into results, so only the tile's M rows are
+ * copied).  A slice rides in the same cp.async group as the first weight chunk that needs it, and the only CTA
+ * barrier is at a slice's first chunk; NA = 1 + ceil(depth / chunks per slice) buffers make the early copy safe.
+ * Activation rows are 16-byte units XOR-swizzled (unit u of row r at u ^ (u >> 3 & 1) ^ (r & 1) << 1), so the 8
+ * lanes of one LDS.128 phase (rows g, g + 1; t = 0..3 at 64-byte steps) hit 8 different bank quads.
+ *
+ *   shared memory: [slice 0: A 16×512 bf16 | scales 4×128 f16 | zeros 4×128 u8] ... [slice NA-1] [rings: 8 warps ×
+ *                  (depth + 1) chunks × 2 KB, each chunk [piece][lane][piece bytes] so lanes read consecutive
+ *                  addresses] */
+constexpr int kStreamDepth = 2;      // weight chunks in flight per warp while it computes one
+constexpr int kStreamSliceK = 512;   // k per activation slice
+
+template <int ID>
+struct StreamFacts {
+    using S = Scheme<ID>;
+    // w8 keeps run_tile: its fp32 byte conversion makes the stream path issue-bound (measured 1.4x slower at T=16)
+    static constexpr bool enabled = S::mma == MmaKind::BF16 && (S::W == 4 || S::W == 2);
+    static constexpr int W = enabled ? S::W : 4;    // (other schemes never take this path; keeps constants defined)
+    static constexpr int GQ = 8 / W;                // 128-groups per chunk
+    static constexpr int CK = GQ * kGroup;          // k per chunk
+    static constexpr int pack_bytes = 4 * W;        // one lane's 32 codes of one row
+    static constexpr int piece = pack_bytes;        // cp.async size: 16 (w4) or 8 (w2) bytes
+    static constexpr int pieces = 1;                // per pack
+    static constexpr int D = kStreamDepth, ring_slots = kStreamDepth + 1;
+    static constexpr int C = kStreamSliceK / CK;                      // chunks per slice
+    static constexpr int NA = 1 + (D + C - 1) / C;                   // slice buffers
+    static constexpr int warp_chunk_bytes = 32 * 2 * GQ * pack_bytes; // 2 KB
+    static constexpr int a_row_bytes = kStreamSliceK * 2;
+    static constexpr int a_bytes = 16 * a_row_bytes;
+    static constexpr int slice_groups = kStreamSliceK / kGroup;
+    static constexpr int s_bytes = S::G > 0 ? slice_groups * kBN * 2 : 0;
+    static constexpr int z_bytes = S::G > 0 && !S::sym ? slice_groups * kBN : 0;
+    static constexpr int slice_bytes = a_bytes + s_bytes + z_bytes;
+    static constexpr int ring_off = NA * slice_bytes;
+    static constexpr int smem = ring_off + (kThreads / 32) * ring_slots * warp_chunk_bytes;
+    static_assert(!enabled || (C >= 1 && kStreamSliceK % CK == 0), "a slice must hold whole chunks");
+    static_assert(!enabled || warp_chunk_bytes == 2048, "one chunk = 128 bytes of each of a warp's 16 rows");
+    static_assert(!enabled || S::G < 0 || S::G == kGroup, "g128 or per-channel");
+};
+
+__device__ __forceinline__ int stream_unit_swizzle(int unit, int row) {
+    return unit ^ ((unit >> 3) & 1) ^ ((row & 1) << 1);
+}
+
+template <int ID, class T, bool TWO_HALVES>
+__device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_activations &acts, uint16_t *y,
+                                             int64_t ldy, char *smem) {
+    using S = Scheme<ID>;
+    using F = StreamFacts<ID>;
+    const mx_cuda_problem &p = *job.problem;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int m = job.m_rows;
+    const int n_chunks = (p.k + F::CK - 1) / F::CK;
+    const int col0 = job.n0 + 16 * warp;  // n % 16 == 0: a warp's 16 columns are all valid or all past n
+    const bool warp_active = col0 < p.n;
+    const uint32_t smem0 = smem_u32(smem);
+    const char *w = static_cast<const char *>(p.qweight);
+    const int64_t w_ld = (int64_t)p.k * S::W / 8;
+    const char *w_row0 = w + (int64_t)(warp_active ? col0 + g : 0) * w_ld;
+    const char *w_row1 = w_row0 + (warp_active ? 8 * w_ld : 0);
+    const uint32_t ring = smem0 + F::ring_off + warp * F::ring_slots * F::warp_chunk_bytes;
+    const char *a_glob = reinterpret_cast<const char *>(acts.d_bf16);
+    const int64_t a_ld_bytes = acts.ld * 2;
+
+    // ---- copies ----
+    auto issue_slice = [&](int s) {
+        const uint32_t sb = smem0 + (s % F::NA) * F::slice_bytes;
+        const int k0 = s * kStreamSliceK;
+        constexpr int units = kStreamSliceK / 8;  // 16-byte units per activation row
+        for (int id = threadIdx.x; id < m * units; id += kThreads) {
+            const int r = id / units, u = id % units;
+            const bool ok = k0 + 8 * u < p.k;
+            const char *src = ok ? a_glob + (job.row0 + r) * a_ld_bytes + (int64_t)(k0 + 8 * u) * 2 : a_glob;
+            cp_async16(sb + r * F::a_row_bytes + stream_unit_swizzle(u, r) * 16, src, ok ? 16 : 0);
+        }
+        if constexpr (S::G > 0) {
+            const int group0 = k0 / kGroup, groups = p.k / kGroup;
+            if (threadIdx.x < F::slice_groups * 16) {  // scales[group0 + gi, n0 : n0 + 128]
+                const int gi = threadIdx.x / 16, ch = threadIdx.x % 16;
+                const bool ok = group0 + gi < groups && job.n0 + 8 * ch < p.n;
+                const char *src = static_cast<const char *>(p.scales);
+                if (ok) src += ((int64_t)(group0 + gi) * p.n + job.n0 + 8 * ch) * 2;
+                cp_async16(sb + F::a_bytes + gi * kBN * 2 + ch * 16, src, ok ? 16 : 0);
+            }
+            if constexpr (!S::sym) {
+                const int i = threadIdx.x - F::slice_groups * 16;
+                if (i >= 0 && i < F::slice_groups * 8) {  // zeros[group0 + gi, n0 : n0 + 128]
+                    const int gi = i / 8, ch = i % 8;
+                    const bool ok = group0 + gi < groups && job.n0 + 16 * ch < p.n;
+                    const char *src = static_cast<const char *>(p.zeros);
+                    if (ok) src += (int64_t)(group0 + gi) * p.n + job.n0 + 16 * ch;
+                    cp_async16(sb + F::a_bytes + F::s_bytes + gi * kBN + ch * 16, src, ok ? 16 : 0);
+                }
+            }
+        }
+    };
+    auto issue_chunk = [&](int c) {
+        if (c >= n_chunks) return;
+        if (warp_active) {
+            const uint32_t slot = ring + (c % F::ring_slots) * F::warp_chunk_bytes;
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int q = 0; q < F::GQ; q++) {
+                    const int k_code = c * F::CK + q * kGroup + 32 * t;
+                    const bool ok = k_code < p.k;  // k % 32 == 0: a pack is all in or all out
+                    const char *src = ok ? (j ? w_row1 : w_row0) + (int64_t)k_code * S::W / 8 : w;
+#pragma unroll
+                    for (int pc = 0; pc < F::pieces; pc++) {
+                        const uint32_t dst = slot + ((j * F::GQ + q) * F::pieces + pc) * 32 * F::piece + lane * F::piece;
+                        if constexpr (F::piece == 16) cp_async16(dst, src + pc * 16, ok ? 16 : 0);
+                        else cp_async8(dst, src, ok ? 8 : 0);
+                    }
+                }
+        }
+        if (c % F::C == 0) issue_slice(c / F::C);
+    };
+
+    // ---- registers ----
+    Accum<ID, T> r;
+    float part[2][2][4];  // [n8 tile][k16 step parity][mma accumulator]: two chains halve the mma dependency
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            r.acc[0][j][e] = 0.f;
+            part[j][0][e] = part[j][1][e] = 0.f;
+        }
+    uint32_t z_magic_col[2] = {bf16x2_128_plus(1 << (S::W - 1)), bf16x2_128_plus(1 << (S::W - 1))};
+    if constexpr (!S::sym && S::G < 0) {  // per-channel asym: the lane's two rows' zero points
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            if (warp_active) z_magic_col[j] = bf16x2_128_plus(static_cast<const uint8_t *>(p.zeros)[col0 + 8 * j + g]);
+    }
+
+    auto compute_chunk = [&](int c) {
+        const char *ring_ptr = smem + F::ring_off + (warp * F::ring_slots + c % F::ring_slots) * F::warp_chunk_bytes;
+        const char *sb = smem + ((c / F::C) % F::NA) * F::slice_bytes;
+        const char *a_row_g = sb + g * F::a_row_bytes, *a_row_g8 = a_row_g + 8 * F::a_row_bytes;
+        const int unit0 = (c % F::C) * (F::CK / 8);
+#pragma unroll
+        for (int q = 0; q < F::GQ; q++) {
+            const int gs = (c % F::C) * F::GQ + q;  // group within the slice
+            uint32_t z_magic[2] = {z_magic_col[0], z_magic_col[1]};
+            if constexpr (S::G > 0 && !S::sym) {
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                    z_magic[j] = bf16x2_128_plus(reinterpret_cast<const uint8_t *>(sb + F::a_bytes + F::s_bytes)
+                                                     [gs * kBN + 16 * warp + 8 * j + g]);
+            }
+            uint32_t wv[2][S::W];  // the lane's pack of each row: W words
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int pc = 0; pc < F::pieces; pc++) {
+                    const char *src = ring_ptr + ((j * F::GQ + q) * F::pieces + pc) * 32 * F::piece + lane * F::piece;
+                    if constexpr (F::piece == 16) {
+                        const uint4 v = *reinterpret_cast<const uint4 *>(src);
+                        wv[j][4 * pc] = v.x; wv[j][4 * pc + 1] = v.y; wv[j][4 * pc + 2] = v.z; wv[j][4 * pc + 3] = v.w;
+                    } else {
+                        const uint2 v = *reinterpret_cast<const uint2 *>(src);
+                        wv[j][0] = v.x; wv[j][1] = v.y;
+                    }
+                }
+            const int ubase = unit0 + q * (kGroup / 8) + 4 * t;  // the lane's four 8-k units of this group
+            // xg[u] / x8[u] = the 8 activations of unit u of rows g / g + 8
+            uint4 xg[4], x8[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                xg[u] = *reinterpret_cast<const uint4 *>(a_row_g + stream_unit_swizzle(ubase + u, g) * 16);
+                if constexpr (TWO_HALVES)
+                    x8[u] = *reinterpret_cast<const uint4 *>(a_row_g8 + stream_unit_swizzle(ubase + u, g) * 16);
+            }
+            auto comp = [](const uint4 &v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; };
+            // One k16 step: the activation pairs (lo, hi) of rows g (and g + 8) in the lane's k order, the weight
+            // pairs of the lane's two rows.  <= 8 rows: weights are the 16-row operand, tokens the 8 columns
+            // (one mma instead of two, C[n][token]); else activations are the 16-row operand of two n8 mmas.
+            auto step = [&](int h, uint32_t xlo, uint32_t xhi, uint32_t xlo8, uint32_t xhi8, uint32_t w0lo,
+                            uint32_t w0hi, uint32_t w1lo, uint32_t w1hi) {
+                if constexpr (TWO_HALVES) {
+                    const uint32_t a[4] = {xlo, xlo8, xhi, xhi8};
+                    mma_bf16_16816(part[0][h], a, w0lo, w0hi);
+                    mma_bf16_16816(part[1][h], a, w1lo, w1hi);
+                } else {
+                    const uint32_t a[4] = {w0lo, w1lo, w0hi, w1hi};
+                    mma_bf16_16816(part[0][h], a, xlo, xhi);
+                }
+            };
+            if constexpr (S::W == 4) {
+#pragma unroll
+                for (int u = 0; u < 4; u++)  // word u of the pack = unit u: codes 8u .. 8u + 7
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        // k order of step h: (2h, 2h+4) then (2h+1, 2h+5), relative to the unit
+                        const uint32_t lo = __byte_perm(comp(xg[u], h), comp(xg[u], h + 2), 0x5410);
+                        const uint32_t hi = __byte_perm(comp(xg[u], h), comp(xg[u], h + 2), 0x7632);
+                        uint32_t lo8 = 0, hi8 = 0;
+                        if constexpr (TWO_HALVES) {
+                            lo8 = __byte_perm(comp(x8[u], h), comp(x8[u], h + 2), 0x5410);
+                            hi8 = __byte_perm(comp(x8[u], h), comp(x8[u], h + 2), 0x7632);
+                        }
+                        step(h, lo, hi, lo8, hi8,
+                             pair_minus_z((wv[0][u] >> (8 * h)) & 0x000F000Fu, z_magic[0]),
+                             pair_minus_z((wv[0][u] >> (8 * h + 4)) & 0x000F000Fu, z_magic[0]),
+                             pair_minus_z((wv[1][u] >> (8 * h)) & 0x000F000Fu, z_magic[1]),
+                             pair_minus_z((wv[1][u] >> (8 * h + 4)) & 0x000F000Fu, z_magic[1]));
+                    }
+            } else {  // W == 2
+#pragma unroll
+                for (int wd = 0; wd < 2; wd++)  // word wd = units 2wd (codes 0-7) and 2wd + 1 (codes 8-15)
+#pragma unroll
+                    for (int h = 0; h < 4; h++) {
+                        // k order of step h: (2h, 2h+8) then (2h+1, 2h+9), relative to the word
+                        const uint32_t lo = __byte_perm(comp(xg[2 * wd], h), comp(xg[2 * wd + 1], h), 0x5410);
+                        const uint32_t hi = __byte_perm(comp(xg[2 * wd], h), comp(xg[2 * wd + 1], h), 0x7632);
+                        uint32_t lo8 = 0, hi8 = 0;
+                        if constexpr (TWO_HALVES) {
+                            lo8 = __byte_perm(comp(x8[2 * wd], h), comp(x8[2 * wd + 1], h), 0x5410);
+                            hi8 = __byte_perm(comp(x8[2 * wd], h), comp(x8[2 * wd + 1], h), 0x7632);
+                        }
+                        step(h & 1, lo, hi, lo8, hi8,
+                             pair_minus_z((wv[0][wd] >> (4 * h)) & 0x00030003u, z_magic[0]),
+                             pair_minus_z((wv[0][wd] >> (4 * h + 2)) & 0x00030003u, z_magic[0]),
+                             pair_minus_z((wv[1][wd] >> (4 * h)) & 0x00030003u, z_magic[1]),
+                             pair_minus_z((wv[1][wd] >> (4 * h + 2)) & 0x00030003u, z_magic[1]));
+                    }
+            }
+            if constexpr (S::G > 0) {  // fold the group: acc += (both chains) × s[group, column]
+                const __half *sc = reinterpret_cast<const __half *>(sb + F::a_bytes) + gs * kBN + 16 * warp;
+                if constexpr (TWO_HALVES) {  // C[row][n]: columns 8j + 2t, 8j + 2t + 1
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        const float2 s = __half22float2(*reinterpret_cast<const __half2 *>(sc + 8 * j + 2 * t));
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            r.acc[0][j][e] = fmaf(part[j][0][e] + part[j][1][e], (e & 1) ? s.y : s.x, r.acc[0][j][e]);
+                            part[j][0][e] = part[j][1][e] = 0.f;
+                        }
+                    }
+                } else {  // C[n][token]: columns g (e = 0, 1) and 8 + g (e = 2, 3)
+                    const float s0 = __half2float(sc[g]), s1 = __half2float(sc[8 + g]);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        r.acc[0][0][e] = fmaf(part[0][0][e] + part[0][1][e], e < 2 ? s0 : s1, r.acc[0][0][e]);
+                        part[0][0][e] = part[0][1][e] = 0.f;
+                    }
+                }
+            }
+        }
+    };
+
+    // ---- pipeline: D chunks ahead; a CTA barrier only where a slice starts ----
+#pragma unroll
+    for (int c = 0; c < F::D; c++) {
+        issue_chunk(c);
+        cp_async_commit();
+    }
+    for (int c = 0; c < n_chunks; c++) {
+        cp_async_wait<F::D - 1>();
+        if (c % F::C == 0) __syncthreads();  // slice c / C visible; every warp is past slice c / C - 1
+        issue_chunk(c + F::D);
+        cp_async_commit();
+        if (warp_active) compute_chunk(c);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the next tile may overwrite every buffer
+    if constexpr (S::G < 0) {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) r.acc[0][j][e] = part[j][0][e] + part[j][1][e];
+    }
+    if constexpr (TWO_HALVES) {
+        epilogue<ID, T>(r, job, acts, y, ldy);
+    } else if (warp_active) {  // C[n][token]: lane (g, t) holds columns col0 + g, col0 + 8 + g of tokens 2t, 2t + 1
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int col = col0 + 8 * half + g;
+            const float cs = S::G < 0 ? __half2float(static_cast<const __half *>(p.scales)[col]) : 1.f;
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int token = 2 * t + e;
+                if (token < m)
+                    y[(job.row0 + token) * ldy + p.out_col + col] = __bfloat16_as_ushort(__float2bfloat16_rn(r.acc[0][0][2 * half + e] * cs));
+            }
+        }
+    }
+}
+
 // One tile of scheme ID with tile shape T: a stages-deep cp.async pipeline over K, then the epilogue.
 template <int ID, class T>
 __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
@@ -556,16 +878,185 @@ __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activati
     epilogue<ID, T>(r, job, acts, y, ldy);
 }
 
+/* ======================================== wgmma fat tile (sm_90a) ========================================
+ *
+ * The prefill variant's fat tiles of w8a8 (int8 and fp8) run on Hopper's warpgroup MMA instead of mma.sync (which
+ * tops out near 30 % of the tensor cores' throughput at these shapes, see bench/NOTES-gpu.md), on tiles of 128 rows
+ * × kWgmmaBN = 256 columns (171 ops per byte copied into shared memory instead of 128 for 128 × 128; measured 7 %
+ * faster than 128 × 128 with 6 stages).
+ *
+ *   warpgroup 0 (warps 0-3): rows 0-63, warpgroup 1 (warps 4-7): rows 64-127; each computes its 64 × 256 block
+ *   with four wgmma.m64n256k32 per 128-byte K stage, both operands read from shared memory by descriptor.
+ *   stage  = A [128 rows][128 B] + W [256 n][128 B], each in the 128-byte swizzle (wgmma.cuh), 48 KB;
+ *            4 stages in the 220 KB budget.
+ *   pipeline (all 8 warps load and compute; one barrier per stage; stages - 2 = 2 stages of loads in flight):
+ *     wait for stage kt's cp.async, fence.proxy.async, __syncthreads
+ *     -> refill the slot of stage kt - 2 with stage kt + stages - 2 (retired: every warp waited for it below)
+ *     -> issue stage kt's 4 wgmma, commit, wait until only this group is in flight
+ *   so the tensor cores work on stage kt while the warps already wait for stage kt + 1.  Each thread's source
+ *   pointers for its 12 chunks per stage are computed once per tile: recomputing them per stage cost a third of
+ *   the run time (measured 1043 -> 686 us, Qwen1.5-MoE gate_up at 8192 tokens).  A variant with 3 stages in flight
+ *   (a second barrier per stage) measured the same or slower; the remaining gap to the tensor cores' peak (32 %
+ *   tensor-pipe activity under Nsight Compute, warps stalled on shared-memory and cp.async waits) needs a TMA
+ *   producer warp with mbarriers instead of every warp issuing cp.async (bench/NOTES-gpu.md).
+ *
+ * int8: the weight codes are u8 with the implicit zero point 128 and go to wgmma as unsigned (s8 × u8 -> s32):
+ * Σ x·(u - 128) = Σ x·u - 128·Σ x, and the row sums Σ x are taken from the A stages in shared memory on the side
+ * (2 threads per row, dp4a).  Exact in int32 (wrap-around cancels), then × s[n] × s_x[row] as in run_tile.
+ * fp8 (e4m3 × e4m3 -> f32): no correction. */
+constexpr int kWgmmaBN = 256;  // output columns of a wgmma fat tile
+static_assert(kWgmmaBN % kBN == 0 && kWgmmaBN <= 256, "a whole number of kBN tiles, one wgmma n256");
+
+template <int ID, class V>
+constexpr bool kFatWgmma = V::Fat::BM == 128 && (ID == MX_SCHEME_W8A8_GN1_SYM || ID == MX_SCHEME_W8A8_GN1_SYM_FP8);
+
+template <int ID, class T>
+__device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_activations &acts, uint16_t *y,
+                                           int64_t ldy, char *smem) {
+    using S = Scheme<ID>;
+    static_assert(T::BM == 128 && S::W == 8 && S::G < 0, "128-row tiles of per-channel w8a8");
+    constexpr int BN = kWgmmaBN;
+    constexpr bool is_int = S::mma == MmaKind::S8;
+    constexpr int BK = 128, a_bytes = 128 * BK, stage_bytes = a_bytes + BN * BK;
+    constexpr int rowsum_bytes = 128 * 4;
+    constexpr int stages = cmin(8, (T::smem - 1024 - rowsum_bytes) / stage_bytes);
+    static_assert(stages >= 3, "the pipeline keeps stages - 2 loads and one wgmma group in flight");
+    const mx_cuda_problem &p = *job.problem;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wg = warp >> 2, wl = warp & 3;
+    const int k_tiles = (p.k + BK - 1) / BK;
+    const uint32_t raw = smem_u32(smem);
+    const uint32_t base = (raw + 1023u) & ~1023u;  // the 128-byte swizzle is address-based: 1024-aligned tiles
+    char *base_ptr = smem + (base - raw);
+    int32_t *rowsum_smem = reinterpret_cast<int32_t *>(base_ptr + stages * stage_bytes);
+    const char *a = act_base<ID>(acts);
+    const char *w = static_cast<const char *>(p.qweight);
+
+    // Copy assignment, fixed for the whole tile: thread tid moves 16-byte chunk tid % 8 of rows tid / 8 + 32i of the
+    // stage (rows 0-127: A, 128-383: W), so its source pointers and row checks are computed once per tile.
+    constexpr int copies = (128 + BN) / 32;
+    const int ch = tid & 7, row_q = tid >> 3;
+    const uint32_t dst0 = row_q * 128 + ((ch ^ (row_q & 7)) << 4);  // + 4096 i: the swizzle phase repeats every 8 rows
+    const char *src[copies];
+    uint32_t valid_rows = 0;
+#pragma unroll
+    for (int i = 0; i < copies; i++) {
+        const int r = row_q + 32 * i;
+        const bool is_a = r < 128;
+        const bool ok = is_a ? r < job.m_rows : job.n0 + r - 128 < p.n;
+        valid_rows |= (ok ? 1u : 0u) << i;
+        src[i] = !ok ? a : is_a ? a + (job.row0 + r) * acts.ld + ch * 16 : w + (int64_t)(job.n0 + r - 128) * p.k + ch * 16;
+    }
+    auto load = [&](int kt) {
+        const uint32_t slot = base + (kt % stages) * stage_bytes + dst0;
+        const int k0 = kt * BK;
+        const bool k_ok = k0 + ch * 16 < p.k;  // k % 32 == 0: a chunk is all in or all out
+#pragma unroll
+        for (int i = 0; i < copies; i++) {
+            const bool ok = k_ok && ((valid_rows >> i) & 1u);
+            cp_async16(slot + 4096 * i, ok ? src[i] + k0 : a, ok ? 16 : 0);
+        }
+    };
+
+    typename std::conditional<is_int, int32_t, float>::type acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) acc[i] = 0;
+    int32_t row_sum = 0;  // Σ x over this thread's half of row tid / 2 (int8 only)
+
+#pragma unroll
+    for (int s = 0; s < stages - 2; s++) {
+        if (s < k_tiles) load(s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < k_tiles; kt++) {
+        cp_async_wait<stages - 3>();
+        fence_proxy_async_shared();
+        __syncthreads();  // stage kt visible to every warp (and to the async proxy); stage kt - 2 retired in all
+        if (kt + stages - 2 < k_tiles) load(kt + stages - 2);  // into the slot of stage kt - 2
+        cp_async_commit();
+        const uint32_t slot = base + (kt % stages) * stage_bytes;
+        if constexpr (is_int) {  // this thread's half row of the stage's Σ x
+            const uint4 *row = reinterpret_cast<const uint4 *>(base_ptr + (kt % stages) * stage_bytes +
+                                                               (tid >> 1) * 128 + (tid & 1) * 64);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint4 v = row[i];
+                row_sum = __dp4a(static_cast<int>(v.x), 0x01010101, row_sum);
+                row_sum = __dp4a(static_cast<int>(v.y), 0x01010101, row_sum);
+                row_sum = __dp4a(static_cast<int>(v.z), 0x01010101, row_sum);
+                row_sum = __dp4a(static_cast<int>(v.w), 0x01010101, row_sum);
+            }
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 32; kk++) {
+            const uint64_t da = wgmma_desc_sw128(slot + wg * 64 * 128 + kk * 32);
+            const uint64_t db = wgmma_desc_sw128(slot + a_bytes + kk * 32);
+            if constexpr (is_int) wgmma_m64n256k32_s8u8(acc, da, db);
+            else wgmma_m64n256k32_e4m3(acc, da, db);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // stage kt - 1 retired in this warp; stage kt stays queued on the tensor cores
+    }
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+    if constexpr (is_int) {
+        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
+        if ((tid & 1) == 0) rowsum_smem[tid >> 1] = row_sum;
+    }
+    __syncthreads();  // row sums visible; every warp is done with the stages before the next tile refills them
+
+    const float *row_scale = act_row_scale<ID>(acts);
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int col = job.n0 + 8 * j + 2 * t;
+        if (col >= p.n) continue;  // n % 16 == 0: col < n implies col + 1 < n
+        const float2 cs = __half22float2(*reinterpret_cast<const __half2 *>(static_cast<const __half *>(p.scales) + col));
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = 64 * wg + 16 * wl + g + 8 * h;
+            if (row >= job.m_rows) continue;
+            float v0, v1;
+            if constexpr (is_int) {
+                const int32_t correction = 128 * rowsum_smem[row];
+                v0 = __int2float_rn(acc[4 * j + 2 * h] - correction);
+                v1 = __int2float_rn(acc[4 * j + 2 * h + 1] - correction);
+            } else {
+                v0 = acc[4 * j + 2 * h];
+                v1 = acc[4 * j + 2 * h + 1];
+            }
+            const float rs = row_scale[job.row0 + row];
+            *reinterpret_cast<__nv_bfloat162 *>(y + (job.row0 + row) * ldy + p.out_col + col) =
+                __floats2bfloat162_rn(v0 * cs.x * rs, v1 * cs.y * rs);
+        }
+    }
+}
+
 template <int ID, class V>
 __device__ __forceinline__ void run_tile_any(bool fat, const TileJob &job, const mx_cuda_activations &acts,
                                              uint16_t *y, int64_t ldy, char *smem) {
-    if (fat) run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
-    else run_tile<ID, typename V::Thin>(job, acts, y, ldy, smem);
+    if (fat) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+        if constexpr (kFatWgmma<ID, V>) run_fat_wgmma<ID, typename V::Fat>(job, acts, y, ldy, smem);
+        else
+#endif
+            run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
+    } else if constexpr (StreamFacts<ID>::enabled && StreamFacts<ID>::smem <= V::smem) {
+        // rows 8..15 of the mma exist only above 8 rows: else their fragments are constant zeros
+        if (job.m_rows > 8) run_thin_stream<ID, typename V::Thin, true>(job, acts, y, ldy, smem);
+        else run_thin_stream<ID, typename V::Thin, false>(job, acts, y, ldy, smem);
+    } else {
+        run_tile<ID, typename V::Thin>(job, acts, y, ldy, smem);
+    }
 }
 
 /* ======================================== kernels ======================================== */
 
-// The persistent GEMM: claim tiles heaviest-first until the list is exhausted.
+// The persistent GEMM: claim tiles heaviest-first until the list is exhausted.  Thread 0 claims a CTA's next tile
+// as it starts the current one, so the atomic's round trip never stalls the CTA; the tile -> problem lookup is a
+// binary search over tile_start, cached in shared memory when the table is small.
+constexpr int kCachedTileStarts = 256;
+
 template <class V>
 __global__ void __launch_bounds__(kThreads, V::min_blocks)
     fused_grouped_gemm_kernel(const mx_cuda_problem *__restrict__ problems, Schedule sched,
@@ -573,53 +1064,75 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
                               int32_t n_problems) {
     extern __shared__ __align__(128) char smem[];
     __shared__ int claimed;
+    __shared__ int tile_start_cache[kCachedTileStarts + 1];
     grid_dependency_wait();  // launched early (programmatic dependent launch): wait for the schedule kernel
     const int total = *sched.total;
-    for (;;) {
-        if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
-        __syncthreads();
-        const int tile = claimed;
-        __syncthreads();  // everyone read `claimed` before thread 0 overwrites it
-        if (tile >= total) break;
+    const bool cached = n_problems <= kCachedTileStarts;
+    if (cached)
+        for (int i = threadIdx.x; i <= n_problems; i += kThreads) tile_start_cache[i] = sched.tile_start[i];
+    if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
+    __syncthreads();
+    int tile = claimed;
+    while (tile < total) {
+        int next = 0;
+        if (threadIdx.x == 0) next = atomicAdd(sched.counter, 1);  // awaited only after this tile
 
         // rank = the last r with tile_start[r] <= tile (binary search over n_problems + 1 entries)
         int lo = 0, hi = n_problems;
         while (hi - lo > 1) {
             const int mid = (lo + hi) >> 1;
-            if (sched.tile_start[mid] <= tile) lo = mid;
+            if ((cached ? tile_start_cache[mid] : sched.tile_start[mid]) <= tile) lo = mid;
             else hi = mid;
         }
         const TileGroup grp = sched.groups[lo];
-        const int local = tile - sched.tile_start[lo];
+        const int local = tile - (cached ? tile_start_cache[lo] : sched.tile_start[lo]);
         const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
         const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
         TileJob job;
         job.problem = problems + grp.problem;
         job.row0 = grp.row0 + (int64_t)m_tile * bm;
         job.m_rows = min(bm, grp.rows - m_tile * bm);
-        job.n0 = n_tile * kBN;
+        job.n0 = n_tile * grp.bn;
         const bool fat = grp.fat != 0;
 
         switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
-        case MX_SCHEME_W16A16: run_tile_any<MX_SCHEME_W16A16, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A16_GN1_SYM: run_tile_any<MX_SCHEME_W8A16_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A16_GN1_ASYM: run_tile_any<MX_SCHEME_W4A16_GN1_ASYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A16_G128_ASYM: run_tile_any<MX_SCHEME_W4A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W3A16_G128_ASYM: run_tile_any<MX_SCHEME_W3A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W2A16_G128_ASYM: run_tile_any<MX_SCHEME_W2A16_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A8_GN1_SYM: run_tile_any<MX_SCHEME_W8A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W8A8_GN1_SYM_FP8: run_tile_any<MX_SCHEME_W8A8_GN1_SYM_FP8, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A8_GN1_SYM: run_tile_any<MX_SCHEME_W4A8_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A8_G128_ASYM: run_tile_any<MX_SCHEME_W4A8_G128_ASYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A4_GN1_SYM: run_tile_any<MX_SCHEME_W4A4_GN1_SYM, V>(fat, job, acts, y, ldy, smem); break;
-        case MX_SCHEME_W4A4_G128_SYM: run_tile_any<MX_SCHEME_W4A4_G128_SYM, V>(fat, job, acts, y, ldy, smem); break;
+#define MX_CASE(ID) case ID: run_tile_any<ID, V>(fat, job, acts, y, ldy, smem); break;
+        MX_CASE(MX_SCHEME_W16A16)
+        MX_CASE(MX_SCHEME_W8A16_GN1_SYM)
+        MX_CASE(MX_SCHEME_W4A16_GN1_ASYM)
+        MX_CASE(MX_SCHEME_W4A16_G128_ASYM)
+        MX_CASE(MX_SCHEME_W3A16_G128_ASYM)
+        MX_CASE(MX_SCHEME_W2A16_G128_ASYM)
+        MX_CASE(MX_SCHEME_W8A8_GN1_SYM)
+        MX_CASE(MX_SCHEME_W8A8_GN1_SYM_FP8)
+        MX_CASE(MX_SCHEME_W4A8_GN1_SYM)
+        MX_CASE(MX_SCHEME_W4A8_G128_ASYM)
+        MX_CASE(MX_SCHEME_W4A4_GN1_SYM)
+        MX_CASE(MX_SCHEME_W4A4_G128_SYM)
+#undef MX_CASE
         default: break;  // unreachable: the host checked the table
         }
+        // Every tile function ends with a __syncthreads after which no thread reads `claimed`: safe to overwrite.
+        if (threadIdx.x == 0) claimed = next;
+        __syncthreads();
+        tile = claimed;
     }
 }
 
+// Output columns of a tile of this scheme: the wgmma fat tiles of the prefill variant (fat_bm == 128) are wider.
+// Must agree with kFatWgmma and the #if in run_tile_any (same compilation target).
+__device__ __forceinline__ int tile_bn(int scheme_id, bool fat, int fat_bm) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (fat && fat_bm == 128 && (scheme_id == MX_SCHEME_W8A8_GN1_SYM || scheme_id == MX_SCHEME_W8A8_GN1_SYM_FP8))
+        return kWgmmaBN;
+#else
+    (void)scheme_id, (void)fat, (void)fat_bm;
+#endif
+    return kBN;
+}
+
 // Predicted time of one tile in ns on one SM (sorting key only): bytes at an SM's share of HBM + mma time.
-__device__ float tile_cost_ns(const mx_cuda_problem &p, int bm) {
+__device__ float tile_cost_ns(const mx_cuda_problem &p, int bm, int bn) {
     int w_bits = 16, a_bits = 16;
     bool int_mma = false;
     switch (p.scheme_id) {
@@ -635,8 +1148,8 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, int bm) {
     case MX_SCHEME_W4A8_G128_ASYM: w_bits = 4; a_bits = 8; int_mma = true; break;
     default: w_bits = 4; a_bits = 4; int_mma = true; break;
     }
-    const float bytes = (float)p.k * (kBN * w_bits + bm * a_bits) / 8.f;
-    const float flops = 2.f * bm * kBN * p.k;
+    const float bytes = (float)p.k * (bn * w_bits + bm * a_bits) / 8.f;
+    const float flops = 2.f * bm * bn * p.k;
     const float bytes_per_ns = 23.f;                          // ~3 TB/s over 132 SMs
     const float flops_per_ns = int_mma ? 7000.f : 3500.f;     // mma.sync s8 / bf16 per SM, ~70% of peak
     return bytes / bytes_per_ns + flops / flops_per_ns;
@@ -662,10 +1175,11 @@ __global__ void __launch_bounds__(1024)
         mine.rows = (int32_t)(hi - lo);
         mine.row0 = lo;
         mine.fat = mine.rows > kThinMaxRows;
-        mine.tiles_n = (p.n + kBN - 1) / kBN;
         const int bm = mine.fat ? fat_bm : kThinMaxRows;
+        mine.bn = tile_bn(p.scheme_id, mine.fat != 0, fat_bm);
+        mine.tiles_n = (p.n + mine.bn - 1) / mine.bn;
         my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
-        cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm) : 0.f;
+        cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm, mine.bn) : 0.f;
     }
     __syncthreads();
     int rank = 0;

@@ -180,6 +180,26 @@ def test_gemm_fused_per_scheme(scheme_name, case):
     _check(layer, layer.run(), _tol(scheme_name), f"{scheme_name=}, {expert_rows=}, {n=}, {k=}")
 
 
+STREAM_SCHEMES = ["w8a16_g-1_sym", "w4a16_g-1_asym", "w4a16_g128_asym", "w2a16_g128_asym"]
+
+
+@needs_gpu
+@pytest.mark.parametrize("scheme_name", STREAM_SCHEMES)
+@pytest.mark.parametrize("k_case", range(3))
+def test_gemm_fused_decode_stream(scheme_name, k_case):
+    """The warp-streaming micro-kernel of thin weight-only tiles: 1, 8, 9 and 16 rows per expert (rows 8-15 of the
+    mma are skipped at <= 8), K ending inside a chunk and inside an activation slice, a K crossing many slices, and
+    N = 400 = 3 * 128 + 16 (the last tile has one active warp of eight)."""
+    scheme = mxmoe.as_scheme(scheme_name)
+    per_channel = _k_multiple(scheme) == 32
+    k = ((160, 1440, 4640) if per_channel else (640, 1408, 4608))[k_case]
+    expert_rows = [1, 8, 0, 9, 16]
+    x = _random_x(sum(expert_rows), k, seed=20 + k_case)
+    problems = [(scheme_name, e, 400, 0) for e in range(len(expert_rows))]
+    layer = Layer(x, expert_rows, problems, seed=30 + k_case)
+    _check(layer, layer.run(), _tol(scheme_name), f"{scheme_name=}, {k=}")
+
+
 @needs_gpu
 @pytest.mark.parametrize("expert_rows", [[2, 0, 33, 1, 16, 90], [300, 0, 33, 1, 16, 290]],
                          ids=["decode-variant", "prefill-variant"])
