@@ -190,8 +190,9 @@ struct TileGroup {       // one problem, in rank order (heaviest first)
     int64_t row0;        // first row of the expert in X and Y
     int32_t bn;          // output columns per tile: kBN, or kWgmmaBN for wgmma fat tiles
     int32_t pad;
+    mx_cuda_problem copy;  // the problem record itself: a tile's lookup is one dependent load, not two
 };
-static_assert(sizeof(TileGroup) == 32, "TileGroup is a 32-byte record");
+static_assert(sizeof(TileGroup) == 96, "TileGroup is a 96-byte record");
 
 struct Schedule {        // views into the caller's workspace
     int32_t *counter;    // next tile to claim
@@ -201,7 +202,7 @@ struct Schedule {        // views into the caller's workspace
 };
 
 __host__ __device__ inline size_t schedule_bytes(int32_t n_problems) {
-    return 64 + 32 * (size_t)n_problems + 4 * ((size_t)n_problems + 1);
+    return 64 + sizeof(TileGroup) * (size_t)n_problems + 4 * ((size_t)n_problems + 1);
 }
 
 __host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_problems) {
@@ -210,7 +211,7 @@ __host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_pro
     s.counter = reinterpret_cast<int32_t *>(base);
     s.total = reinterpret_cast<int32_t *>(base + 4);
     s.groups = reinterpret_cast<TileGroup *>(base + 64);
-    s.tile_start = reinterpret_cast<int32_t *>(base + 64 + 32 * (size_t)n_problems);
+    s.tile_start = reinterpret_cast<int32_t *>(base + 64 + sizeof(TileGroup) * (size_t)n_problems);
     return s;
 }
 
@@ -519,7 +520,7 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  *
  *   warp w: output columns n0 + 16w + [0, 16)  = rows g and 8 + g of two n8 mma tiles (g = lane / 4)
  *   chunk  = CK = 1024 / W codes of K (2 groups of 128 for w4, 4 for w2): 128 contiguous bytes of each
- *            of the warp's 16 rows, i.e. 2 KB per warp, in flight kStreamDepth chunks ahead
+ *            of the warp's 16 rows, i.e. 2 KB per warp, in flight D = 2 chunks ahead
  *   lane (g, t) copies, for each of its two rows and each group q of the chunk, the 32 codes
  *            k = chunk·CK + 128q + 32t + [0, 32)        (one pack: 4W bytes)
  *   and then uses exactly the bytes it copied itself as mma B operands: no barrier or __syncwarp guards the ring.
@@ -532,18 +533,16 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  * All four lanes t of an mma read the same 128-group (lane t's 32 codes lie in group q), so the group's scale
  * still multiplies whole fp32 partial sums, exactly as in run_tile.
  *
- * Activations, scales and zeros are shared by the 8 warps: the CTA copies them per slice of kStreamSliceK = 512 k
+ * Activations, scales and zeros are shared by the 8 warps: the CTA copies them per slice of KA = 512 k
  * into one of NA slice buffers (rows >= M are never read back into results, so only the tile's M rows are
  * copied).  A slice rides in the same cp.async group as the first weight chunk that needs it, and the only CTA
  * barrier is at a slice's first chunk; NA = 1 + ceil(depth / chunks per slice) buffers make the early copy safe.
  * Activation rows are 16-byte units XOR-swizzled (unit u of row r at u ^ (u >> 3 & 1) ^ (r & 1) << 1), so the 8
  * lanes of one LDS.128 phase (rows g, g + 1; t = 0..3 at 64-byte steps) hit 8 different bank quads.
  *
- *   shared memory: [slice 0: A 16×512 bf16 | scales 4×128 f16 | zeros 4×128 u8] ... [slice NA-1] [rings: 8 warps ×
- *                  (depth + 1) chunks × 2 KB, each chunk [piece][lane][piece bytes] so lanes read consecutive
- *                  addresses] */
-constexpr int kStreamDepth = 2;      // weight chunks in flight per warp while it computes one
-constexpr int kStreamSliceK = 512;   // k per activation slice
+ *   shared memory: [slice 0: A 16×KA bf16 | scales KA/128×128 f16 | zeros KA/128×128 u8] ... [slice NA-1]
+ *                  [rings: 8 warps × (D + 1) chunks × 2 KB, each chunk [piece][lane][piece bytes] so lanes read
+ *                  consecutive addresses] */
 
 template <int ID>
 struct StreamFacts {
@@ -556,19 +555,24 @@ struct StreamFacts {
     static constexpr int pack_bytes = 4 * W;        // one lane's 32 codes of one row
     static constexpr int piece = pack_bytes;        // cp.async size: 16 (w4) or 8 (w2) bytes
     static constexpr int pieces = 1;                // per pack
-    static constexpr int D = kStreamDepth, ring_slots = kStreamDepth + 1;
-    static constexpr int C = kStreamSliceK / CK;                      // chunks per slice
+    // Weight chunks in flight per warp while it computes one, and k per activation slice.  (w4 with 3 chunks in
+    // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16: the warps are not waiting for
+    // memory but for their own dependent instruction chains.)
+    static constexpr int D = 2, ring_slots = D + 1;
+    static constexpr int KA = 512;
+    static constexpr int C = KA / CK;                                 // chunks per slice
     static constexpr int NA = 1 + (D + C - 1) / C;                   // slice buffers
     static constexpr int warp_chunk_bytes = 32 * 2 * GQ * pack_bytes; // 2 KB
-    static constexpr int a_row_bytes = kStreamSliceK * 2;
+    static constexpr int a_row_bytes = KA * 2;
     static constexpr int a_bytes = 16 * a_row_bytes;
-    static constexpr int slice_groups = kStreamSliceK / kGroup;
+    static constexpr int slice_groups = KA / kGroup;
     static constexpr int s_bytes = S::G > 0 ? slice_groups * kBN * 2 : 0;
     static constexpr int z_bytes = S::G > 0 && !S::sym ? slice_groups * kBN : 0;
     static constexpr int slice_bytes = a_bytes + s_bytes + z_bytes;
     static constexpr int ring_off = NA * slice_bytes;
     static constexpr int smem = ring_off + (kThreads / 32) * ring_slots * warp_chunk_bytes;
-    static_assert(!enabled || (C >= 1 && kStreamSliceK % CK == 0), "a slice must hold whole chunks");
+    static_assert(!enabled || (C >= 1 && KA % CK == 0), "a slice must hold whole chunks");
+    static_assert(!enabled || smem <= kSmemDecode, "2 CTAs per SM");
     static_assert(!enabled || warp_chunk_bytes == 2048, "one chunk = 128 bytes of each of a warp's 16 rows");
     static_assert(!enabled || S::G < 0 || S::G == kGroup, "g128 or per-channel");
 };
@@ -601,8 +605,8 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
     // ---- copies ----
     auto issue_slice = [&](int s) {
         const uint32_t sb = smem0 + (s % F::NA) * F::slice_bytes;
-        const int k0 = s * kStreamSliceK;
-        constexpr int units = kStreamSliceK / 8;  // 16-byte units per activation row
+        const int k0 = s * F::KA;
+        constexpr int units = F::KA / 8;  // 16-byte units per activation row
         for (int id = threadIdx.x; id < m * units; id += kThreads) {
             const int r = id / units, u = id % units;
             const bool ok = k0 + 8 * u < p.k;
@@ -1084,12 +1088,12 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
             if ((cached ? tile_start_cache[mid] : sched.tile_start[mid]) <= tile) lo = mid;
             else hi = mid;
         }
-        const TileGroup grp = sched.groups[lo];
+        const TileGroup &grp = sched.groups[lo];
         const int local = tile - (cached ? tile_start_cache[lo] : sched.tile_start[lo]);
         const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
         const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
         TileJob job;
-        job.problem = problems + grp.problem;
+        job.problem = &grp.copy;
         job.row0 = grp.row0 + (int64_t)m_tile * bm;
         job.m_rows = min(bm, grp.rows - m_tile * bm);
         job.n0 = n_tile * grp.bn;
@@ -1162,8 +1166,9 @@ __global__ void __launch_bounds__(1024)
                     const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, Schedule sched) {
     __shared__ float cost[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
+    __shared__ int rank_of[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int warp_sums[32];
-    const int tid = threadIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     launch_dependents();  // let the GEMM's CTAs start now; they wait in grid_dependency_wait for our results
     TileGroup mine{};
     int my_tiles = 0;
@@ -1182,19 +1187,29 @@ __global__ void __launch_bounds__(1024)
         cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm, mine.bn) : 0.f;
     }
     __syncthreads();
-    int rank = 0;
-    if (tid < n_problems) {
-        const float c = cost[tid];
-        for (int q = 0; q < n_problems; q++) {
-            const float cq = cost[q];
-            rank += (cq > c) || (cq == c && q < tid);
+    // rank[p] = #{q : cost_q > cost_p, or equal and q < p}: one warp per problem, its lanes compare 32 q at a time
+    // (ballot + popc), ~n/32 steps per problem instead of n per thread.
+    for (int pp = warp; pp < n_problems; pp += blockDim.x / 32) {
+        const float c = cost[pp];
+        int r = 0;
+        for (int q0 = 0; q0 < n_problems; q0 += 32) {
+            const int q = q0 + lane;
+            const bool before = q < n_problems && (cost[q] > c || (cost[q] == c && q < pp));
+            r += __popc(__ballot_sync(0xffffffffu, before));
         }
-        sched.groups[rank] = mine;
+        if (lane == 0) rank_of[pp] = r;
+    }
+    __syncthreads();
+    if (tid < n_problems) {
+        const int rank = rank_of[tid];
+        TileGroup &out = sched.groups[rank];
+        out.problem = mine.problem, out.fat = mine.fat, out.rows = mine.rows, out.tiles_n = mine.tiles_n;
+        out.row0 = mine.row0, out.bn = mine.bn, out.pad = 0;
+        out.copy = problems[tid];  // re-read (cached) rather than held in registers across the ranking
         tiles_of_rank[rank] = my_tiles;
     }
     __syncthreads();
     // Exclusive prefix sum of tiles_of_rank: warp scans, then a scan of the warp totals.
-    const int lane = tid & 31, warp = tid >> 5;
     int v = tid < n_problems ? tiles_of_rank[tid] : 0;
     for (int d = 1; d < 32; d <<= 1) {
         const int u = __shfl_up_sync(0xffffffffu, v, d);
@@ -1380,8 +1395,9 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
     mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm, sched);
     e = cudaGetLastError();
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
-    // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency
-    // to hide); a runtime that refuses the attribute gets the plain launch.
+    // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency to
+    // hide: enabling it under capture measured no change on the whole-layer benchmark); a runtime that refuses the
+    // attribute gets the plain launch.
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     e = cudaStreamIsCapturing(s, &capture);
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "stream query: %s", cudaGetErrorString(e));
