@@ -57,6 +57,7 @@ _LAZY_EXPORTS = {
     "perplexity": "mxmoe.evaluate",
     "plot_plan": "mxmoe.plot",
     "plot_pareto": "mxmoe.plot",
+    "plot_kernels": "mxmoe.plot",
 }
 
 __all__ = ["Scheme", "SchemeLike", "as_scheme", "scheme_id", "schemes", "cuda_available", "cuda_status",

@@ -512,6 +512,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default bench/results/kernels-<gpu>.json)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also draw the speed-ups (mxmoe.plot_kernels) here")
     args = p.parse_args(list(argv))
     if any(t < 1 for t in args.tokens):
         p.error(f"--tokens must be positive, got {args.tokens}")
@@ -527,6 +528,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_json_atomic(args.out_path, result)
     print(f"# wrote {len(result['records'])} records and {len(result['entries'])} profile entries to "
           f"{args.out_path}")
+    if args.plot:
+        from .plot import plot_kernels
+
+        scopes = [s for s in args.scopes if any(r.get("scope") == s for r in result["records"])]
+        for scope in scopes:
+            path = args.plot if len(scopes) == 1 else args.plot.replace(".png", f"-{scope}.png")
+            tmp = f"{path}.tmp.{os.getpid()}.png"  # written whole or not at all, as the JSON
+            plot_kernels(result, scope=scope).savefig(tmp, dpi=110)
+            os.replace(tmp, path)
+            print(f"# plot: {path}")
     return 0
 
 

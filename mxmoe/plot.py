@@ -3,6 +3,7 @@
     fig = mxmoe.plot_plan(qmodel.mxmoe_plan)                    # layers x (experts x gate/up/down), colour = bits
     fig = mxmoe.plot_pareto(plan, layer=0)                      # one layer's (loss, time) frontier + the choice
     fig = mxmoe.plot_pareto(rows)                               # measured PPL vs predicted time of several plans
+    fig = mxmoe.plot_kernels("bench/results/kernels-h100.json")  # speed-up over torch bf16 vs tokens, per model
 """
 from __future__ import annotations
 
@@ -113,4 +114,69 @@ def plot_pareto(results: Any, layer: int | None = None, ax: Any = None, title: s
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _speedups(records: Sequence[dict], scope: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{panel: {impl: [(tokens, speed-up over torch bf16 grouped_mm)]}} for the records of one scope; a panel is a
+    model shape (layer scope) or a model shape and projection (gemm scope)."""
+    base: dict[tuple[str, int], float] = {}
+    rows = [r for r in records if r.get("scope") == scope and r.get("us") and "tokens" in r]
+    def panel(r: dict) -> str:
+        return r["model_shape"] + (f" {r['proj']}" if r.get("proj") else "")
+    for r in rows:
+        if r["impl"] == "torch_bf16_grouped_mm":
+            base[(panel(r), r["tokens"])] = r["us"]
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for r in rows:
+        ref = base.get((panel(r), r["tokens"]))
+        if ref is None or r["impl"] == "torch_bf16_grouped_mm":
+            continue
+        out.setdefault(panel(r), {}).setdefault(r["impl"], []).append((r["tokens"], ref / r["us"]))
+    return out
+
+
+def plot_kernels(results: Any, scope: str = "layer", impls: Sequence[str] | None = None,
+                 title: str | None = None) -> Any:
+    """Kernel benchmark as a picture: speed-up over torch's bf16 grouped_mm against the token count, one panel per
+    model shape (per model shape and projection for ``scope="gemm"``), one line per implementation.
+
+    ``results``: the JSON of ``python -m mxmoe bench kernels`` (bench/results/kernels-<gpu>.json: a dict with
+    "records") or of bench/bench_gemm.py (a list of records), or a path to either.  ``impls`` restricts the lines
+    (default: every implementation in the file).  Returns the Figure."""
+    import json
+    import os
+
+    if isinstance(results, (str, os.PathLike)):
+        with open(results) as f:
+            results = json.load(f)
+    records = results.get("records", []) if isinstance(results, dict) else list(results)
+    data = _speedups(records, scope)
+    if impls is not None:
+        data = {k: {i: v for i, v in lines.items() if i in impls} for k, lines in data.items()}
+        data = {k: lines for k, lines in data.items() if lines}
+    if not data:
+        raise ValueError(f"no {scope!r}-scope records with a torch_bf16_grouped_mm baseline at the same tokens")
+    plt = _pyplot()
+    panels = sorted(data)
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, panels):
+        for impl, points in sorted(data[name].items()):
+            tokens, speedup = np.array(sorted(points)).T
+            ax.plot(tokens, speedup, "o-" if impl.startswith("mxmoe") else "s--", markersize=3, label=impl)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("tokens")
+        ax.grid(alpha=0.3)
+    fig.supylabel("speed-up over torch bf16 grouped_mm", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    gpu = results.get("gpu") if isinstance(results, dict) else next((r["gpu"] for r in records if r.get("gpu")), None)
+    fig.suptitle(title or f"{scope} scope" + (f", {gpu}" if gpu else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(labels) + 3) // 4), 1, 0.97))
     return fig

@@ -246,3 +246,34 @@ def test_plot_pareto():
     uniform = Plan.uniform(plan, "w4a16_g128_asym")
     with pytest.raises(ValueError, match="no Pareto frontier"):
         plot_pareto(uniform)
+
+
+def test_plot_kernels(tmp_path):
+    import json
+
+    from mxmoe.plot import plot_kernels
+
+    def rec(model, tokens, impl, us, scope="layer", **extra):
+        return dict(model_shape=model, tokens=tokens, impl=impl, us=us, scope=scope, **extra)
+
+    records = [rec("a", 1, "torch_bf16_grouped_mm", 100.0), rec("a", 1, "mxmoe_x", 50.0),
+               rec("a", 16, "torch_bf16_grouped_mm", 300.0), rec("a", 16, "mxmoe_x", 100.0),
+               rec("b", 16, "torch_bf16_grouped_mm", 80.0), rec("b", 16, "mxmoe_x", 160.0),
+               rec("c", 16, "mxmoe_x", 1.0),  # no baseline: no panel
+               rec("a", 1, "torch_bf16_grouped_mm", 10.0, scope="gemm", proj="down"),
+               rec("a", 1, "mxmoe_x", 5.0, scope="gemm", proj="down")]
+    path = tmp_path / "kernels.json"
+    path.write_text(json.dumps({"gpu": "test GPU", "records": records}))
+    fig = plot_kernels(str(path))
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["a", "b"]
+    line = visible[0].lines[0]
+    np.testing.assert_allclose(line.get_xdata(), [1, 16])
+    np.testing.assert_allclose(line.get_ydata(), [2.0, 3.0])  # baseline / ours at each token count
+    np.testing.assert_allclose(visible[1].lines[0].get_ydata(), [0.5])
+    gemm = plot_kernels(records, scope="gemm")  # a plain list, as bench/bench_gemm.py writes
+    assert [ax.get_title() for ax in gemm.axes if ax.get_visible()] == ["a down"]
+    with pytest.raises(ValueError, match="no 'layer'-scope records"):
+        plot_kernels({"records": records}, impls=["nothing"])
+    with pytest.raises(ValueError, match="no 'gemm'-scope records"):
+        plot_kernels(records[:6], scope="gemm")
