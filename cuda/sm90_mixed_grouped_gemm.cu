@@ -593,6 +593,11 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
     const int n_chunks = (p.k + F::CK - 1) / F::CK;
     const int col0 = job.n0 + 16 * warp;  // n % 16 == 0: a warp's 16 columns are all valid or all past n
     const bool warp_active = col0 < p.n;
+    // Byte offsets of the lane's four activation units within a 16-unit block: unit U + 4t + u (U a multiple of 16)
+    // swizzles to U + ((4t + u) ^ (t >> 1) ^ (g & 1) << 1), the same as stream_unit_swizzle, hoisted out of the loop.
+    int a_unit_off[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) a_unit_off[u] = ((4 * t + u) ^ (t >> 1) ^ ((g & 1) << 1)) * 16;
     const uint32_t smem0 = smem_u32(smem);
     const char *w = static_cast<const char *>(p.qweight);
     const int64_t w_ld = (int64_t)p.k * S::W / 8;
@@ -702,14 +707,14 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
                         wv[j][0] = v.x; wv[j][1] = v.y;
                     }
                 }
-            const int ubase = unit0 + q * (kGroup / 8) + 4 * t;  // the lane's four 8-k units of this group
+            const int block16 = (unit0 + q * (kGroup / 8)) * 16;  // this group's 16 units, in bytes
             // xg[u] / x8[u] = the 8 activations of unit u of rows g / g + 8
             uint4 xg[4], x8[4];
 #pragma unroll
             for (int u = 0; u < 4; u++) {
-                xg[u] = *reinterpret_cast<const uint4 *>(a_row_g + stream_unit_swizzle(ubase + u, g) * 16);
+                xg[u] = *reinterpret_cast<const uint4 *>(a_row_g + block16 + a_unit_off[u]);
                 if constexpr (TWO_HALVES)
-                    x8[u] = *reinterpret_cast<const uint4 *>(a_row_g8 + stream_unit_swizzle(ubase + u, g) * 16);
+                    x8[u] = *reinterpret_cast<const uint4 *>(a_row_g8 + block16 + a_unit_off[u]);
             }
             auto comp = [](const uint4 &v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; };
             // One k16 step: the activation pairs (lo, hi) of rows g (and g + 8) in the lane's k order, the weight
