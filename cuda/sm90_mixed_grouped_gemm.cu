@@ -49,8 +49,8 @@
  *   of X  │ st 0 │ st 1 │ st 2 │ ...  │ (BM×K)          W  [BN][BK·W/8] packed codes, rows = output columns
  *         └──────┴──────┴──────┴──────┘                 S  [BK/128][BN] f16 scales, Z [BK/128][BN] u8 zeros (g128)
  *   W rows ┌──────┬──────┬──────┬──────┐              loaded with 16-byte cp.async (zero-filled past M, N, K),
- *   (BN×K) └──────┴──────┴──────┴──────┘              stages = min(8, shared budget / stage bytes): a w4 thin
- *                                                     tile keeps 3 stages (~55 KB of weights) in flight.
+ *   (BN×K) └──────┴──────┴──────┴──────┘              stages = min(8, shared budget / stage bytes): a w8a8
+ *                                                     thin tile keeps 5 stages (~72 KB of weights) in flight.
  *
  *   Micro-kernels (one per family, chosen per tile by the problem's scheme id, all sharing the CTA shape):
  *     bf16 mma m16n8k16: w16a16 (ldmatrix of bf16 weights), wXa16 X in {8,4,3,2}: codes -> exact bf16 (u - z)
