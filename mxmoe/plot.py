@@ -7,6 +7,9 @@
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,9 +20,6 @@ _BLOCKS = ("gate", "up", "down")
 def _pyplot() -> Any:
     """pyplot, on the Agg backend unless pyplot is already in use or MPLBACKEND names one (Jupyter sets
     MPLBACKEND to its inline backend, so notebooks still show the figures)."""
-    import os
-    import sys
-
     import matplotlib
     if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
@@ -122,6 +122,7 @@ def _speedups(records: Sequence[dict], scope: str) -> dict[str, dict[str, list[t
     model shape (layer scope) or a model shape and projection (gemm scope)."""
     base: dict[tuple[str, int], float] = {}
     rows = [r for r in records if r.get("scope") == scope and r.get("us") and "tokens" in r]
+
     def panel(r: dict) -> str:
         return r["model_shape"] + (f" {r['proj']}" if r.get("proj") else "")
     for r in rows:
@@ -144,9 +145,6 @@ def plot_kernels(results: Any, scope: str = "layer", impls: Sequence[str] | None
     ``results``: the JSON of ``python -m mxmoe bench kernels`` (bench/results/kernels-<gpu>.json: a dict with
     "records") or of bench/bench_gemm.py (a list of records), or a path to either.  ``impls`` restricts the lines
     (default: every implementation in the file).  Returns the Figure."""
-    import json
-    import os
-
     if isinstance(results, (str, os.PathLike)):
         with open(results) as f:
             results = json.load(f)
@@ -174,7 +172,11 @@ def plot_kernels(results: Any, scope: str = "layer", impls: Sequence[str] | None
     fig.supylabel("speed-up over torch bf16 grouped_mm", fontsize=9)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    legend: dict[str, Any] = {}  # one entry per implementation, whichever panel has it
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    labels, handles = sorted(legend), [legend[label] for label in sorted(legend)]
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
     gpu = results.get("gpu") if isinstance(results, dict) else next((r["gpu"] for r in records if r.get("gpu")), None)
     fig.suptitle(title or f"{scope} scope" + (f", {gpu}" if gpu else ""), fontsize=10)
