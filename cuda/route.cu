@@ -20,6 +20,7 @@
 
 #include "mx_cuda.h"
 #include "route.cuh"
+#include "warp_scan.cuh"
 
 namespace {
 
@@ -228,21 +229,11 @@ __global__ void __launch_bounds__(1024) route_scan_kernel(const int32_t *__restr
     const int e = threadIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int32_t total = e < n_experts ? scan_tiles(tile_counts, n_tiles, n_experts, e, 0, nullptr) : 0;
     // inclusive scan of `total` over threads: within warps, then over the warp sums
-    int32_t incl = total;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-        const int32_t v = __shfl_up_sync(0xffffffffu, incl, offset);
-        if (lane >= offset) incl += v;
-    }
+    const int32_t incl = mx::warp_inclusive_sum(total);
     if (lane == 31) warp_sums[warp] = incl;
     __syncthreads();
     if (warp == 0) {
-        int32_t s = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0;
-#pragma unroll
-        for (int offset = 1; offset < 32; offset <<= 1) {
-            const int32_t v = __shfl_up_sync(0xffffffffu, s, offset);
-            if (lane >= offset) s += v;
-        }
+        const int32_t s = mx::warp_inclusive_sum(lane < int(blockDim.x / 32) ? warp_sums[lane] : 0);
         warp_sums[lane] = s; // inclusive over warps
     }
     __syncthreads();
@@ -351,12 +342,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_small_kernel(
     int32_t local = 0;
     for (int e = lo; e < hi; ++e) local += base[e];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    int32_t incl = local;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-        const int32_t v = __shfl_up_sync(0xffffffffu, incl, offset);
-        if (lane >= offset) incl += v;
-    }
+    const int32_t incl = mx::warp_inclusive_sum(local);
     if (lane == 31) warp_sums[warp] = incl;
     __syncthreads();
     int32_t running_sum = incl - local;

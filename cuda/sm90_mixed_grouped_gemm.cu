@@ -77,6 +77,7 @@
 
 #include "dequant.cuh"
 #include "mma.cuh"
+#include "warp_scan.cuh"
 #include "wgmma.cuh"
 
 namespace mx {
@@ -1215,20 +1216,11 @@ __global__ void __launch_bounds__(1024)
     }
     __syncthreads();
     // Exclusive prefix sum of tiles_of_rank: warp scans, then a scan of the warp totals.
-    int v = tid < n_problems ? tiles_of_rank[tid] : 0;
-    for (int d = 1; d < 32; d <<= 1) {
-        const int u = __shfl_up_sync(0xffffffffu, v, d);
-        if (lane >= d) v += u;
-    }
+    const int v = warp_inclusive_sum(tid < n_problems ? tiles_of_rank[tid] : 0);
     if (lane == 31) warp_sums[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        int w = lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0;
-        for (int d = 1; d < 32; d <<= 1) {
-            const int u = __shfl_up_sync(0xffffffffu, w, d);
-            if (lane >= d) w += u;
-        }
-        warp_sums[lane] = w;  // inclusive
+        warp_sums[lane] = warp_inclusive_sum(lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0);  // inclusive
     }
     __syncthreads();
     const int inclusive = v + (warp > 0 ? warp_sums[warp - 1] : 0);
