@@ -533,7 +533,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         scopes = [s for s in args.scopes if any(r.get("scope") == s for r in result["records"])]
         for scope in scopes:
-            path = args.plot if len(scopes) == 1 else args.plot.replace(".png", f"-{scope}.png")
+            root, ext = os.path.splitext(args.plot)
+            path = args.plot if len(scopes) == 1 else f"{root}-{scope}{ext or '.png'}"
             tmp = f"{path}.tmp.{os.getpid()}.png"  # written whole or not at all, as the JSON
             plot_kernels(result, scope=scope).savefig(tmp, dpi=110)
             os.replace(tmp, path)
