@@ -5,8 +5,10 @@ kernel profile that the allocator's cost model reads.
         --profile-out bench/results/kernel-profile-h100.json
 
 Problems: the MoE GEMMs of real layer shapes (gate_up: N = 2I, K = H; down: N = H, K = I) with rows per expert drawn
-from a Zipf-skewed routing (each token picks top_k distinct experts, expert popularity ∝ 1/rank).  Timing: CUDA
-events around the call only, L2 flushed (a 256 MiB memset) before every repetition, median of --reps.  Weights are
+from a Zipf-skewed routing (each token picks top_k distinct experts, expert popularity ∝ 1/rank).  Timing: each call
+is captured once in a CUDA graph and replayed (mxmoe.bench_kernels.time_us; eager where capture fails), so the
+number is GPU time without the host's launch overhead, as inside the layer's graph; L2 flushed (a 256 MiB memset)
+before every repetition, median of --reps.  Weights are
 random codes in each scheme's canonical layout (csrc/mx_scheme.h): the kernel's speed does not depend on values.
 
 Records (--out, a JSON list; the first ones, scope "device", hold the measured copy bandwidth and GEMM rates): model_shape, proj, tokens, impl, scope="gemm", us, tbps (bytes it must read + write
@@ -20,7 +22,6 @@ import datetime
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 
@@ -29,6 +30,7 @@ import torch
 
 import mxmoe
 from mxmoe import _cuda
+from mxmoe.bench_kernels import time_us
 
 MODELS = {  # name: (experts, top_k, hidden H, expert intermediate I)
     "qwen1.5-moe": (60, 4, 2048, 1408),
@@ -50,27 +52,17 @@ class Timer:
         self.reps = reps
         self.flush_buffer = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
 
-    def __call__(self, fn) -> float:
-        """Median µs of fn() with L2 flushed before each repetition."""
-        fn()  # warm-up (module load, attribute set, allocator)
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(self.reps):
-            self.flush_buffer.zero_()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3)
-        return statistics.median(times)
+    def __call__(self, fn, use_graph: bool = True) -> float:
+        """Median µs of fn(), graph-replayed unless use_graph=False, with L2 flushed before each repetition."""
+        return time_us(fn, self.flush_buffer, self.reps, use_graph)[0]
 
 
 def measure_ceilings(timer: Timer) -> dict:
     """Device-to-device copy bandwidth (read + write) and dense bf16 / fp8 GEMM rates, on random data."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
     dst = torch.empty_like(src)
-    us = timer(lambda: dst.copy_(src))
+    # eager: a captured device-to-device copy becomes a graph memcpy node, which ran at 2.4 instead of 3.0 TB/s
+    us = timer(lambda: dst.copy_(src), use_graph=False)
     copy_tbps = 2 * src.numel() / us / 1e6
     del src, dst
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
@@ -156,10 +148,11 @@ class FusedCall:
                          acts=(acts["bf16"].data_ptr(), acts["int8"].data_ptr(), acts["fp8"].data_ptr(),
                                acts["int4"].data_ptr(), scale, scale, scale, k),
                          y=y.data_ptr(), ldy=y.shape[1], workspace=self.workspace.data_ptr(),
-                         workspace_bytes=self.workspace_bytes, stream=torch.cuda.current_stream().cuda_stream)
+                         workspace_bytes=self.workspace_bytes)
 
     def __call__(self):
-        _cuda.gemm_fused(**self.args)
+        # the stream of the moment: a graph capture runs the call on its own stream
+        _cuda.gemm_fused(**self.args, stream=torch.cuda.current_stream().cuda_stream)
 
 
 def weight_bytes(scheme_name: str, n: int, k: int) -> float:

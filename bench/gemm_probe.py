@@ -1,6 +1,9 @@
-"""Two representative fused-GEMM launches for Nsight Compute (bench/gemm_device_run.sh runs it under ncu):
-decode (Qwen1.5-MoE gate_up, 16 tokens, w4a16_g128_asym) and prefill (same shape, 8192 tokens, w8a8_g-1_sym)."""
+"""Representative fused-GEMM launches for Nsight Compute (bench/gemm_device_run.sh runs it under ncu), Qwen1.5-MoE
+gate_up shape.  Default: decode (16 tokens, w4a16_g128_asym) and prefill (8192 tokens, w8a8_g-1_sym); or name
+them: python gemm_probe.py 1:w4a16_g128_asym 16:w4a16_g128_asym"""
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
@@ -23,5 +26,6 @@ def launch(tokens: int, scheme_name: str) -> None:
 
 
 if __name__ == "__main__":
-    launch(16, "w4a16_g128_asym")
-    launch(8192, "w8a8_g-1_sym")
+    for spec in sys.argv[1:] or ["16:w4a16_g128_asym", "8192:w8a8_g-1_sym"]:
+        tokens, scheme_name = spec.split(":")
+        launch(int(tokens), scheme_name)

@@ -43,6 +43,16 @@ __device__ __forceinline__ uint32_t pair_minus_z(uint32_t u0u1_spread, uint32_t 
     return bf16x2_bits(__hsub2(bits_bf16x2(u0u1_spread | 0x43004300u), bits_bf16x2(z_magic)));
 }
 
+// pair_minus_z((x & MASK), z) for a MASK that isolates two codes at bits [0,8) and [16,24): the mask and the magic
+// exponent in ONE LOP3.  Written in C, (x & MASK) | 0x43004300 compiles to two LOP3s (an instruction takes one
+// immediate), and in the decode stream kernel those were a quarter of all instructions.
+template <uint32_t MASK>
+__device__ __forceinline__ uint32_t masked_pair_minus_z(uint32_t x, uint32_t z_magic) {
+    uint32_t magic_pair;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(magic_pair) : "r"(x), "n"(MASK), "n"(0x43004300));  // (a & b) | c
+    return bf16x2_bits(__hsub2(bits_bf16x2(magic_pair), bits_bf16x2(z_magic)));
+}
+
 // W = 4: bits [0,4) and [4,8) of x are two consecutive codes.
 __device__ __forceinline__ uint32_t spread_nib_pair(uint32_t x) { return (x & 0xFu) | ((x & 0xF0u) << 12); }
 // W = 2: bits [0,2) and [2,4) of x are two consecutive codes.

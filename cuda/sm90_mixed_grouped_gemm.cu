@@ -32,6 +32,8 @@
  *
  *   Heaviest tiles are claimed first (longest-processing-time-first), so the light tail balances the SMs.  Within
  *   a problem the n-tiles of one m-tile are consecutive: CTAs working at the same time share the A rows in L2.
+ *   A launch of fewer tiles than CTAs cuts its decode stream tiles along K into up to one piece per CTA, when the
+ *   pieces come out much shorter than the tiles ("Split tail" below).
  *
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
@@ -73,6 +75,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "dequant.cuh"
@@ -117,7 +121,13 @@ MX_SCHEME_FACTS(MX_SCHEME_W4A8_G128_ASYM, 4, INT8, 128, false, S8)
 MX_SCHEME_FACTS(MX_SCHEME_W4A4_GN1_SYM, 4, INT4, -1, true, S8)
 MX_SCHEME_FACTS(MX_SCHEME_W4A4_G128_SYM, 4, INT4, 128, true, S8)
 #undef MX_SCHEME_FACTS
-static_assert(MX_SCHEME_COUNT == 12, "add the new scheme's facts above and to the dispatch switch below");
+static_assert(MX_SCHEME_COUNT == 12, "add the new scheme's facts above and to MX_FOR_EACH_SCHEME below");
+// Every scheme id, for the dispatch switches (one instantiation per scheme and tile kind).
+#define MX_FOR_EACH_SCHEME(X)                                                                                     \
+    X(MX_SCHEME_W16A16) X(MX_SCHEME_W8A16_GN1_SYM) X(MX_SCHEME_W4A16_GN1_ASYM) X(MX_SCHEME_W4A16_G128_ASYM)       \
+    X(MX_SCHEME_W3A16_G128_ASYM) X(MX_SCHEME_W2A16_G128_ASYM) X(MX_SCHEME_W8A8_GN1_SYM)                          \
+    X(MX_SCHEME_W8A8_GN1_SYM_FP8) X(MX_SCHEME_W4A8_GN1_SYM) X(MX_SCHEME_W4A8_G128_ASYM) X(MX_SCHEME_W4A4_GN1_SYM) \
+    X(MX_SCHEME_W4A4_G128_SYM)
 
 /* ---- the two tile shapes (same CTA, same shared-memory budget) ---- */
 template <int BM_, int WARPS_M_, int SMEM_>
@@ -190,29 +200,64 @@ struct TileGroup {       // one problem, in rank order (heaviest first)
     int32_t tiles_n;     // ceil(n / bn)
     int64_t row0;        // first row of the expert in X and Y
     int32_t bn;          // output columns per tile: kBN, or kWgmmaBN for wgmma fat tiles
-    int32_t pad;
+    int32_t chunks;      // k-chunks of one tile when its K can be split (decode stream tiles), else 0
     mx_cuda_problem copy;  // the problem record itself: a tile's lookup is one dependent load, not two
 };
 static_assert(sizeof(TileGroup) == 96, "TileGroup is a 96-byte record");
 
+/* Split tail (stream-K for launches that leave CTAs idle).  With fewer tiles N than CTAs C — decode of a few
+ * experts with long K — the decode stream tiles after the last problem that cannot be split (the "tail": all of
+ * them, usually) are cut along K: their k-chunks are laid end to end (Q chunks, tile after tile in rank order) and
+ * split into P = min(C, Q) equal pieces, claimed after the whole tiles.  A piece may cover the end of one tile and
+ * the start of the next: one segment per tile it touches.
+ *
+ *   claim ids:  0 ............ tail_start | tail_start ... tail_start + P   (= total)
+ *               whole tiles                pieces j: tail chunks [jQ/P, (j+1)Q/P)
+ *
+ * A segment that covers a whole tile stores it directly.  Otherwise it writes its fp32 partial tile to slot
+ * (j + tail tile index) — unique per segment, < P + tail tiles <= 2C — and increments the tile's arrival counter;
+ * the last segment to arrive sums the tile's slots in piece order (the result does not depend on timing) and runs
+ * the epilogue.  The schedule kernel zeroes the counters before every launch, so the slots need no initialization. */
+constexpr int kSlotFloats = kThreads * 8;  // one partial tile: 8 fp32 accumulators per thread
+constexpr int kSplitCostChunks = 6;        // a segment's start + a split tile's finish, in chunks of streaming
+
 struct Schedule {        // views into the caller's workspace
-    int32_t *counter;    // next tile to claim
-    int32_t *total;      // number of tiles
+    int32_t *counter;    // next claim id
+    int32_t *total;      // number of claim ids: whole tiles + pieces
+    int32_t *tail_start; // first claim id that is a piece (= total when nothing is split)
+    int32_t *pieces;     // P
+    int32_t *tail_chunks;// Q
     TileGroup *groups;   // [n_problems]
     int32_t *tile_start; // [n_problems + 1] exclusive prefix sum of tiles in rank order
+    int32_t *chunk_start;// [n_problems + 1] exclusive prefix sum of tail chunks in rank order
+    int32_t *arrivals;   // [max_ctas] segments arrived per tail tile
+    float *slots;        // [2 max_ctas][kSlotFloats] partial tiles
 };
 
-__host__ __device__ inline size_t schedule_bytes(int32_t n_problems) {
-    return 64 + sizeof(TileGroup) * (size_t)n_problems + 4 * ((size_t)n_problems + 1);
+__host__ __device__ inline size_t schedule_bytes(int32_t n_problems, int32_t max_ctas) {
+    const size_t tables = 64 + sizeof(TileGroup) * (size_t)n_problems + 8 * ((size_t)n_problems + 1) +
+                          4 * (size_t)max_ctas;
+    return (tables + 255) / 256 * 256 + sizeof(float) * kSlotFloats * 2 * (size_t)max_ctas;
 }
 
-__host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_problems) {
+__host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_problems, int32_t max_ctas) {
     char *base = static_cast<char *>(workspace);
     Schedule s;
     s.counter = reinterpret_cast<int32_t *>(base);
     s.total = reinterpret_cast<int32_t *>(base + 4);
-    s.groups = reinterpret_cast<TileGroup *>(base + 64);
-    s.tile_start = reinterpret_cast<int32_t *>(base + 64 + sizeof(TileGroup) * (size_t)n_problems);
+    s.tail_start = reinterpret_cast<int32_t *>(base + 8);
+    s.pieces = reinterpret_cast<int32_t *>(base + 12);
+    s.tail_chunks = reinterpret_cast<int32_t *>(base + 16);
+    size_t off = 64;
+    s.groups = reinterpret_cast<TileGroup *>(base + off);
+    off += sizeof(TileGroup) * (size_t)n_problems;
+    s.tile_start = reinterpret_cast<int32_t *>(base + off);
+    off += 4 * ((size_t)n_problems + 1);
+    s.chunk_start = reinterpret_cast<int32_t *>(base + off);
+    off += 4 * ((size_t)n_problems + 1);
+    s.arrivals = reinterpret_cast<int32_t *>(base + off);
+    off += 4 * (size_t)max_ctas;
+    s.slots = reinterpret_cast<float *>(base + (off + 255) / 256 * 256);
     return s;
 }
 
@@ -222,6 +267,16 @@ struct TileJob {
     int64_t row0;   // first row of this tile in X and Y
     int m_rows;     // valid rows (<= BM)
     int n0;         // first output column within the problem
+};
+
+/* The part of a decode stream tile's K that one call computes (see "Split tail" above). */
+struct StreamSegment {
+    int c_begin, c_end;    // k-chunks [c_begin, c_end) of the tile
+    int segments;          // segments of the tile: 1 = this call computes it whole and stores it
+    int ordinal;           // this segment's slot (segments > 1)
+    int first_ordinal;     // the tile's first slot; its slots are first_ordinal .. first_ordinal + segments - 1
+    int32_t *arrival;      // the tile's arrival counter
+    float *slots;
 };
 
 /* ======================================== stage functions ======================================== */
@@ -542,7 +597,7 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  * lanes of one LDS.128 phase (rows g, g + 1; t = 0..3 at 64-byte steps) hit 8 different bank quads.
  *
  *   shared memory: [slice 0: A 16×KA bf16 | scales KA/128×128 f16 | zeros KA/128×128 u8] ... [slice NA-1]
- *                  [rings: 8 warps × (D + 1) chunks × 2 KB, each chunk [piece][lane][piece bytes] so lanes read
+ *                  [rings: 8 warps × ring_slots (>= D + 1) chunks × 2 KB, each chunk [piece][lane][piece bytes] so lanes read
  *                  consecutive addresses] */
 
 template <int ID>
@@ -557,9 +612,9 @@ struct StreamFacts {
     static constexpr int piece = pack_bytes;        // cp.async size: 16 (w4) or 8 (w2) bytes
     static constexpr int pieces = 1;                // per pack
     // Weight chunks in flight per warp while it computes one, and k per activation slice.  (w4 with 3 chunks in
-    // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16: the warps are not waiting for
-    // memory but for their own dependent instruction chains.)
-    static constexpr int D = 2, ring_slots = D + 1;
+    // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16; what bounds the tile is not
+    // settled: 15 % fewer instructions per chunk changed nothing, bench/NOTES-gpu.md session 3.)
+    static constexpr int D = 2;
     static constexpr int KA = 512;
     static constexpr int C = KA / CK;                                 // chunks per slice
     static constexpr int NA = 1 + (D + C - 1) / C;                   // slice buffers
@@ -571,6 +626,8 @@ struct StreamFacts {
     static constexpr int z_bytes = S::G > 0 && !S::sym ? slice_groups * kBN : 0;
     static constexpr int slice_bytes = a_bytes + s_bytes + z_bytes;
     static constexpr int ring_off = NA * slice_bytes;
+    // D + 1 slots suffice; 4 where they fit (w4) turn the per-chunk slot arithmetic into a mask
+    static constexpr int ring_slots = ring_off + (kThreads / 32) * 4 * warp_chunk_bytes <= kSmemDecode ? 4 : D + 1;
     static constexpr int smem = ring_off + (kThreads / 32) * ring_slots * warp_chunk_bytes;
     static_assert(!enabled || (C >= 1 && KA % CK == 0), "a slice must hold whole chunks");
     static_assert(!enabled || smem <= kSmemDecode, "2 CTAs per SM");
@@ -583,17 +640,22 @@ __device__ __forceinline__ int stream_unit_swizzle(int unit, int row) {
 }
 
 template <int ID, class T, bool TWO_HALVES>
-__device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_activations &acts, uint16_t *y,
-                                             int64_t ldy, char *smem) {
+__device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSegment &seg,
+                                             const mx_cuda_activations &acts, uint16_t *y, int64_t ldy, char *smem) {
     using S = Scheme<ID>;
     using F = StreamFacts<ID>;
     const mx_cuda_problem &p = *job.problem;
+    // The problem's fields in registers: every cp.async asm statement clobbers memory, so a p.k inside the loops
+    // would be reloaded from global memory each time (measured: four dependent loads per chunk).
+    const int k = p.k, n = p.n;
+    const char *const scales = static_cast<const char *>(p.scales);
+    const uint8_t *const zeros = static_cast<const uint8_t *>(p.zeros);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int m = job.m_rows;
-    const int n_chunks = (p.k + F::CK - 1) / F::CK;
+    const int c_begin = seg.c_begin, c_end = seg.c_end;
     const int col0 = job.n0 + 16 * warp;  // n % 16 == 0: a warp's 16 columns are all valid or all past n
-    const bool warp_active = col0 < p.n;
+    const bool warp_active = col0 < n;
     // Byte offsets of the lane's four activation units within a 16-unit block: unit U + 4t + u (U a multiple of 16)
     // swizzles to U + ((4t + u) ^ (t >> 1) ^ (g & 1) << 1), the same as stream_unit_swizzle, hoisted out of the loop.
     int a_unit_off[4];
@@ -601,7 +663,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
     for (int u = 0; u < 4; u++) a_unit_off[u] = ((4 * t + u) ^ (t >> 1) ^ ((g & 1) << 1)) * 16;
     const uint32_t smem0 = smem_u32(smem);
     const char *w = static_cast<const char *>(p.qweight);
-    const int64_t w_ld = (int64_t)p.k * S::W / 8;
+    const int64_t w_ld = (int64_t)k * S::W / 8;
     const char *w_row0 = w + (int64_t)(warp_active ? col0 + g : 0) * w_ld;
     const char *w_row1 = w_row0 + (warp_active ? 8 * w_ld : 0);
     const uint32_t ring = smem0 + F::ring_off + warp * F::ring_slots * F::warp_chunk_bytes;
@@ -615,33 +677,33 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
         constexpr int units = F::KA / 8;  // 16-byte units per activation row
         for (int id = threadIdx.x; id < m * units; id += kThreads) {
             const int r = id / units, u = id % units;
-            const bool ok = k0 + 8 * u < p.k;
+            const bool ok = k0 + 8 * u < k;
             const char *src = ok ? a_glob + (job.row0 + r) * a_ld_bytes + (int64_t)(k0 + 8 * u) * 2 : a_glob;
             cp_async16(sb + r * F::a_row_bytes + stream_unit_swizzle(u, r) * 16, src, ok ? 16 : 0);
         }
         if constexpr (S::G > 0) {
-            const int group0 = k0 / kGroup, groups = p.k / kGroup;
+            const int group0 = k0 / kGroup, groups = k / kGroup;
             if (threadIdx.x < F::slice_groups * 16) {  // scales[group0 + gi, n0 : n0 + 128]
                 const int gi = threadIdx.x / 16, ch = threadIdx.x % 16;
-                const bool ok = group0 + gi < groups && job.n0 + 8 * ch < p.n;
-                const char *src = static_cast<const char *>(p.scales);
-                if (ok) src += ((int64_t)(group0 + gi) * p.n + job.n0 + 8 * ch) * 2;
+                const bool ok = group0 + gi < groups && job.n0 + 8 * ch < n;
+                const char *src = scales;
+                if (ok) src += ((int64_t)(group0 + gi) * n + job.n0 + 8 * ch) * 2;
                 cp_async16(sb + F::a_bytes + gi * kBN * 2 + ch * 16, src, ok ? 16 : 0);
             }
             if constexpr (!S::sym) {
                 const int i = threadIdx.x - F::slice_groups * 16;
                 if (i >= 0 && i < F::slice_groups * 8) {  // zeros[group0 + gi, n0 : n0 + 128]
                     const int gi = i / 8, ch = i % 8;
-                    const bool ok = group0 + gi < groups && job.n0 + 16 * ch < p.n;
-                    const char *src = static_cast<const char *>(p.zeros);
-                    if (ok) src += (int64_t)(group0 + gi) * p.n + job.n0 + 16 * ch;
+                    const bool ok = group0 + gi < groups && job.n0 + 16 * ch < n;
+                    const char *src = reinterpret_cast<const char *>(zeros);
+                    if (ok) src += (int64_t)(group0 + gi) * n + job.n0 + 16 * ch;
                     cp_async16(sb + F::a_bytes + F::s_bytes + gi * kBN + ch * 16, src, ok ? 16 : 0);
                 }
             }
         }
     };
     auto issue_chunk = [&](int c) {
-        if (c >= n_chunks) return;
+        if (c >= c_end) return;
         if (warp_active) {
             const uint32_t slot = ring + (c % F::ring_slots) * F::warp_chunk_bytes;
 #pragma unroll
@@ -649,7 +711,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
 #pragma unroll
                 for (int q = 0; q < F::GQ; q++) {
                     const int k_code = c * F::CK + q * kGroup + 32 * t;
-                    const bool ok = k_code < p.k;  // k % 32 == 0: a pack is all in or all out
+                    const bool ok = k_code < k;  // k % 32 == 0: a pack is all in or all out
                     const char *src = ok ? (j ? w_row1 : w_row0) + (int64_t)k_code * S::W / 8 : w;
 #pragma unroll
                     for (int pc = 0; pc < F::pieces; pc++) {
@@ -659,7 +721,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
                     }
                 }
         }
-        if (c % F::C == 0) issue_slice(c / F::C);
+        if (c % F::C == 0 || c == c_begin) issue_slice(c / F::C);  // a segment may start inside a slice
     };
 
     // ---- registers ----
@@ -676,7 +738,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
     if constexpr (!S::sym && S::G < 0) {  // per-channel asym: the lane's two rows' zero points
 #pragma unroll
         for (int j = 0; j < 2; j++)
-            if (warp_active) z_magic_col[j] = bf16x2_128_plus(static_cast<const uint8_t *>(p.zeros)[col0 + 8 * j + g]);
+            if (warp_active) z_magic_col[j] = bf16x2_128_plus(zeros[col0 + 8 * j + g]);
     }
 
     auto compute_chunk = [&](int c) {
@@ -746,10 +808,10 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
                             hi8 = __byte_perm(comp(x8[u], h), comp(x8[u], h + 2), 0x7632);
                         }
                         step(h, lo, hi, lo8, hi8,
-                             pair_minus_z((wv[0][u] >> (8 * h)) & 0x000F000Fu, z_magic[0]),
-                             pair_minus_z((wv[0][u] >> (8 * h + 4)) & 0x000F000Fu, z_magic[0]),
-                             pair_minus_z((wv[1][u] >> (8 * h)) & 0x000F000Fu, z_magic[1]),
-                             pair_minus_z((wv[1][u] >> (8 * h + 4)) & 0x000F000Fu, z_magic[1]));
+                             masked_pair_minus_z<0x000F000Fu>(wv[0][u] >> (8 * h), z_magic[0]),
+                             masked_pair_minus_z<0x000F000Fu>(wv[0][u] >> (8 * h + 4), z_magic[0]),
+                             masked_pair_minus_z<0x000F000Fu>(wv[1][u] >> (8 * h), z_magic[1]),
+                             masked_pair_minus_z<0x000F000Fu>(wv[1][u] >> (8 * h + 4), z_magic[1]));
                     }
             } else {  // W == 2
 #pragma unroll
@@ -765,10 +827,10 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
                             hi8 = __byte_perm(comp(x8[2 * wd], h), comp(x8[2 * wd + 1], h), 0x7632);
                         }
                         step(h & 1, lo, hi, lo8, hi8,
-                             pair_minus_z((wv[0][wd] >> (4 * h)) & 0x00030003u, z_magic[0]),
-                             pair_minus_z((wv[0][wd] >> (4 * h + 2)) & 0x00030003u, z_magic[0]),
-                             pair_minus_z((wv[1][wd] >> (4 * h)) & 0x00030003u, z_magic[1]),
-                             pair_minus_z((wv[1][wd] >> (4 * h + 2)) & 0x00030003u, z_magic[1]));
+                             masked_pair_minus_z<0x00030003u>(wv[0][wd] >> (4 * h), z_magic[0]),
+                             masked_pair_minus_z<0x00030003u>(wv[0][wd] >> (4 * h + 2), z_magic[0]),
+                             masked_pair_minus_z<0x00030003u>(wv[1][wd] >> (4 * h), z_magic[1]),
+                             masked_pair_minus_z<0x00030003u>(wv[1][wd] >> (4 * h + 2), z_magic[1]));
                     }
             }
             if constexpr (S::G > 0) {  // fold the group: acc += (both chains) × s[group, column]
@@ -797,13 +859,14 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
 
     // ---- pipeline: D chunks ahead; a CTA barrier only where a slice starts ----
 #pragma unroll
-    for (int c = 0; c < F::D; c++) {
-        issue_chunk(c);
+    for (int i = 0; i < F::D; i++) {
+        issue_chunk(c_begin + i);
         cp_async_commit();
     }
-    for (int c = 0; c < n_chunks; c++) {
+    for (int c = c_begin; c < c_end; c++) {
         cp_async_wait<F::D - 1>();
-        if (c % F::C == 0) __syncthreads();  // slice c / C visible; every warp is past slice c / C - 1
+        // slice c / C visible; every warp is past slice c / C - 1
+        if (c % F::C == 0 || c == c_begin) __syncthreads();
         issue_chunk(c + F::D);
         cp_async_commit();
         if (warp_active) compute_chunk(c);
@@ -815,6 +878,30 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const mx_cuda_a
         for (int j = 0; j < 2; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) r.acc[0][j][e] = part[j][0][e] + part[j][1][e];
+    }
+    if (seg.segments > 1) {  // a partial tile: publish it; the last segment to arrive finishes the tile
+        float4 *mine = reinterpret_cast<float4 *>(seg.slots + (size_t)seg.ordinal * kSlotFloats + threadIdx.x * 8);
+        mine[0] = make_float4(r.acc[0][0][0], r.acc[0][0][1], r.acc[0][0][2], r.acc[0][0][3]);
+        mine[1] = make_float4(r.acc[0][1][0], r.acc[0][1][1], r.acc[0][1][2], r.acc[0][1][3]);
+        __threadfence();  // the slot is visible device-wide before the arrival is counted
+        __syncthreads();
+        __shared__ int finisher;
+        if (threadIdx.x == 0) finisher = atomicAdd(seg.arrival, 1) == seg.segments - 1;
+        __syncthreads();
+        if (!finisher) return;  // uniform over the CTA
+        __threadfence();
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) r.acc[0][j][e] = 0.f;
+        for (int o = seg.first_ordinal; o < seg.first_ordinal + seg.segments; o++) {  // fixed order: deterministic
+            const float4 *slot = reinterpret_cast<const float4 *>(seg.slots + (size_t)o * kSlotFloats + threadIdx.x * 8);
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const float4 v = __ldcg(slot + j);  // L2: written by other SMs during this launch
+                r.acc[0][j][0] += v.x, r.acc[0][j][1] += v.y, r.acc[0][j][2] += v.z, r.acc[0][j][3] += v.w;
+            }
+        }
     }
     if constexpr (TWO_HALVES) {
         epilogue<ID, T>(r, job, acts, y, ldy);
@@ -1042,6 +1129,18 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
     }
 }
 
+// A decode stream tile, or one segment of it (the schedule splits only problems with stream_chunk_k > 0).
+template <int ID, class V>
+__device__ __forceinline__ void run_stream_segment(const TileJob &job, const StreamSegment &seg,
+                                                   const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
+                                                   char *smem) {
+    if constexpr (StreamFacts<ID>::enabled && StreamFacts<ID>::smem <= V::smem) {
+        // rows 8..15 of the mma exist only above 8 rows: else their fragments are constant zeros
+        if (job.m_rows > 8) run_thin_stream<ID, typename V::Thin, true>(job, seg, acts, y, ldy, smem);
+        else run_thin_stream<ID, typename V::Thin, false>(job, seg, acts, y, ldy, smem);
+    }
+}
+
 template <int ID, class V>
 __device__ __forceinline__ void run_tile_any(bool fat, const TileJob &job, const mx_cuda_activations &acts,
                                              uint16_t *y, int64_t ldy, char *smem) {
@@ -1052,19 +1151,30 @@ __device__ __forceinline__ void run_tile_any(bool fat, const TileJob &job, const
 #endif
             run_tile<ID, typename V::Fat>(job, acts, y, ldy, smem);
     } else if constexpr (StreamFacts<ID>::enabled && StreamFacts<ID>::smem <= V::smem) {
-        // rows 8..15 of the mma exist only above 8 rows: else their fragments are constant zeros
-        if (job.m_rows > 8) run_thin_stream<ID, typename V::Thin, true>(job, acts, y, ldy, smem);
-        else run_thin_stream<ID, typename V::Thin, false>(job, acts, y, ldy, smem);
+        StreamSegment whole{};
+        whole.c_end = (job.problem->k + StreamFacts<ID>::CK - 1) / StreamFacts<ID>::CK;
+        whole.segments = 1;
+        run_stream_segment<ID, V>(job, whole, acts, y, ldy, smem);
     } else {
         run_tile<ID, typename V::Thin>(job, acts, y, ldy, smem);
     }
 }
 
+// k per chunk of the decode stream micro-kernel for this scheme, 0 where its thin tiles take run_tile (not split).
+__device__ __forceinline__ int stream_chunk_k(int scheme_id) {
+    switch (scheme_id) {
+#define MX_CASE(ID) case ID: return StreamFacts<ID>::enabled ? StreamFacts<ID>::CK : 0;
+        MX_FOR_EACH_SCHEME(MX_CASE)
+#undef MX_CASE
+    default: return 0;
+    }
+}
+
 /* ======================================== kernels ======================================== */
 
-// The persistent GEMM: claim tiles heaviest-first until the list is exhausted.  Thread 0 claims a CTA's next tile
-// as it starts the current one, so the atomic's round trip never stalls the CTA; the tile -> problem lookup is a
-// binary search over tile_start, cached in shared memory when the table is small.
+// The persistent GEMM: claim tiles heaviest-first until the list is exhausted, then the pieces of the split tail.
+// Thread 0 claims a CTA's next id as it starts the current one, so the atomic's round trip never stalls the CTA; the
+// tile -> problem lookup is a binary search over tile_start, cached in shared memory when the table is small.
 constexpr int kCachedTileStarts = 256;
 
 template <class V>
@@ -1076,26 +1186,18 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
     __shared__ int claimed;
     __shared__ int tile_start_cache[kCachedTileStarts + 1];
     grid_dependency_wait();  // launched early (programmatic dependent launch): wait for the schedule kernel
-    const int total = *sched.total;
+    const int total = *sched.total, tail_start = *sched.tail_start;
+    const int pieces = *sched.pieces, tail_chunks = *sched.tail_chunks;
     const bool cached = n_problems <= kCachedTileStarts;
     if (cached)
         for (int i = threadIdx.x; i <= n_problems; i += kThreads) tile_start_cache[i] = sched.tile_start[i];
     if (threadIdx.x == 0) claimed = atomicAdd(sched.counter, 1);
     __syncthreads();
-    int tile = claimed;
-    while (tile < total) {
-        int next = 0;
-        if (threadIdx.x == 0) next = atomicAdd(sched.counter, 1);  // awaited only after this tile
-
-        // rank = the last r with tile_start[r] <= tile (binary search over n_problems + 1 entries)
-        int lo = 0, hi = n_problems;
-        while (hi - lo > 1) {
-            const int mid = (lo + hi) >> 1;
-            if ((cached ? tile_start_cache[mid] : sched.tile_start[mid]) <= tile) lo = mid;
-            else hi = mid;
-        }
-        const TileGroup &grp = sched.groups[lo];
-        const int local = tile - (cached ? tile_start_cache[lo] : sched.tile_start[lo]);
+    auto tile_start = [&](int rank) { return cached ? tile_start_cache[rank] : sched.tile_start[rank]; };
+    // The TileJob of tile `tile` of the problem at `rank`.
+    auto job_of = [&](int rank, int tile) {
+        const TileGroup &grp = sched.groups[rank];
+        const int local = tile - tile_start(rank);
         const int bm = grp.fat ? V::Fat::BM : V::Thin::BM;
         const int m_tile = local / grp.tiles_n, n_tile = local % grp.tiles_n;
         TileJob job;
@@ -1103,24 +1205,65 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
         job.row0 = grp.row0 + (int64_t)m_tile * bm;
         job.m_rows = min(bm, grp.rows - m_tile * bm);
         job.n0 = n_tile * grp.bn;
-        const bool fat = grp.fat != 0;
+        return job;
+    };
+    // The piece that holds tail chunk x: the last j with floor(jQ / P) <= x.
+    auto piece_of = [&](int x) { return (int)(((int64_t)(x + 1) * pieces - 1) / tail_chunks); };
+    int tile = claimed;
+    while (tile < total) {
+        int next = 0;
+        if (threadIdx.x == 0) next = atomicAdd(sched.counter, 1);  // awaited only after this tile
 
-        switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
+        if (tile < tail_start) {  // a whole tile
+            // rank = the last r with tile_start[r] <= tile (binary search over n_problems + 1 entries)
+            int lo = 0, hi = n_problems;
+            while (hi - lo > 1) {
+                const int mid = (lo + hi) >> 1;
+                if (tile_start(mid) <= tile) lo = mid;
+                else hi = mid;
+            }
+            const TileJob job = job_of(lo, tile);
+            const bool fat = sched.groups[lo].fat != 0;
+            switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
 #define MX_CASE(ID) case ID: run_tile_any<ID, V>(fat, job, acts, y, ldy, smem); break;
-        MX_CASE(MX_SCHEME_W16A16)
-        MX_CASE(MX_SCHEME_W8A16_GN1_SYM)
-        MX_CASE(MX_SCHEME_W4A16_GN1_ASYM)
-        MX_CASE(MX_SCHEME_W4A16_G128_ASYM)
-        MX_CASE(MX_SCHEME_W3A16_G128_ASYM)
-        MX_CASE(MX_SCHEME_W2A16_G128_ASYM)
-        MX_CASE(MX_SCHEME_W8A8_GN1_SYM)
-        MX_CASE(MX_SCHEME_W8A8_GN1_SYM_FP8)
-        MX_CASE(MX_SCHEME_W4A8_GN1_SYM)
-        MX_CASE(MX_SCHEME_W4A8_G128_ASYM)
-        MX_CASE(MX_SCHEME_W4A4_GN1_SYM)
-        MX_CASE(MX_SCHEME_W4A4_G128_SYM)
+                MX_FOR_EACH_SCHEME(MX_CASE)
 #undef MX_CASE
-        default: break;  // unreachable: the host checked the table
+            default: break;  // unreachable: the host checked the table
+            }
+        } else {  // piece j of the split tail: tail chunks [jQ/P, (j+1)Q/P), one segment per tile it touches
+            const int j = tile - tail_start;
+            const int x_end = (int)((int64_t)(j + 1) * tail_chunks / pieces);
+            for (int x = (int)((int64_t)j * tail_chunks / pieces); x < x_end;) {
+                int lo = 0, hi = n_problems;  // rank = the last r with chunk_start[r] <= x
+                while (hi - lo > 1) {
+                    const int mid = (lo + hi) >> 1;
+                    if (sched.chunk_start[mid] <= x) lo = mid;
+                    else hi = mid;
+                }
+                const int chunks = sched.groups[lo].chunks;
+                const int rel = x - sched.chunk_start[lo];  // tail chunks of this rank before x
+                const int tail_tile = max(tile_start(lo), tail_start) + rel / chunks;
+                const int tile_x0 = x - rel % chunks;  // the tile's first tail chunk
+                const int seg_end = min(x_end, tile_x0 + chunks);
+                const int tt = tail_tile - tail_start;
+                const int j0 = piece_of(tile_x0);
+                StreamSegment seg;
+                seg.c_begin = x - tile_x0;
+                seg.c_end = seg_end - tile_x0;
+                seg.segments = piece_of(tile_x0 + chunks - 1) - j0 + 1;
+                seg.ordinal = j + tt;
+                seg.first_ordinal = j0 + tt;
+                seg.arrival = sched.arrivals + tt;
+                seg.slots = sched.slots;
+                const TileJob job = job_of(lo, tail_tile);
+                switch (job.problem->scheme_id) {
+#define MX_CASE(ID) case ID: run_stream_segment<ID, V>(job, seg, acts, y, ldy, smem); break;
+                    MX_FOR_EACH_SCHEME(MX_CASE)
+#undef MX_CASE
+                default: break;
+                }
+                x = seg_end;
+            }
         }
         // Every tile function ends with a __syncthreads after which no thread reads `claimed`: safe to overwrite.
         if (threadIdx.x == 0) claimed = next;
@@ -1165,17 +1308,35 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, int bm, int bn) {
     return bytes / bytes_per_ns + flops / flops_per_ns;
 }
 
+// Block-wide inclusive prefix sum of one int per thread (blockDim.x <= 1024, a multiple of 32), through 32 ints
+// of shared memory; afterwards warp_sums[31] is the block total.  Every thread must call it.
+__device__ __forceinline__ int block_inclusive_sum(int v, int *warp_sums) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_inclusive_sum(v);
+    __syncthreads();  // a previous call's readers of warp_sums are done
+    if (lane == 31) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) warp_sums[lane] = warp_inclusive_sum(lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0);
+    __syncthreads();
+    return v + (warp > 0 ? warp_sums[warp - 1] : 0);
+}
+
 // One block: rows per problem from the device row offsets, rank by per-tile cost, prefix-sum the tile counts,
-// reset the claim counter.  n_problems <= 1024 = blockDim.x.  fat_bm: the launched variant's fat tile rows.
+// lay out the split tail (see "Split tail"), reset the claim counter and the tail's arrival counters.
+// n_problems <= 1024 = blockDim.x.  fat_bm: the launched variant's fat tile rows; ctas: its grid (0: split nothing).
 __global__ void __launch_bounds__(1024)
     schedule_kernel(const mx_cuda_problem *__restrict__ problems, int32_t n_problems,
-                    const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, Schedule sched) {
+                    const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, int ctas,
+                    Schedule sched) {
     __shared__ float cost[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
+    __shared__ int chunks_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int rank_of[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int warp_sums[32];
+    __shared__ int last_unsplit_rank, split_from;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     launch_dependents();  // let the GEMM's CTAs start now; they wait in grid_dependency_wait for our results
+    if (tid == 0) last_unsplit_rank = -1, split_from = 0;
     TileGroup mine{};
     int my_tiles = 0;
     if (tid < n_problems) {
@@ -1189,6 +1350,8 @@ __global__ void __launch_bounds__(1024)
         const int bm = mine.fat ? fat_bm : kThinMaxRows;
         mine.bn = tile_bn(p.scheme_id, mine.fat != 0, fat_bm);
         mine.tiles_n = (p.n + mine.bn - 1) / mine.bn;
+        const int chunk_k = mine.fat ? 0 : stream_chunk_k(p.scheme_id);
+        mine.chunks = chunk_k > 0 ? (p.k + chunk_k - 1) / chunk_k : 0;
         my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
         cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm, mine.bn) : 0.f;
     }
@@ -1210,25 +1373,47 @@ __global__ void __launch_bounds__(1024)
         const int rank = rank_of[tid];
         TileGroup &out = sched.groups[rank];
         out.problem = mine.problem, out.fat = mine.fat, out.rows = mine.rows, out.tiles_n = mine.tiles_n;
-        out.row0 = mine.row0, out.bn = mine.bn, out.pad = 0;
+        out.row0 = mine.row0, out.bn = mine.bn, out.chunks = mine.chunks;
         out.copy = problems[tid];  // re-read (cached) rather than held in registers across the ranking
         tiles_of_rank[rank] = my_tiles;
+        chunks_of_rank[rank] = mine.chunks;
+        if (my_tiles > 0 && mine.chunks == 0) atomicMax(&last_unsplit_rank, rank);
     }
     __syncthreads();
-    // Exclusive prefix sum of tiles_of_rank: warp scans, then a scan of the warp totals.
-    const int v = warp_inclusive_sum(tid < n_problems ? tiles_of_rank[tid] : 0);
-    if (lane == 31) warp_sums[warp] = v;
+    // Exclusive prefix sum of tiles_of_rank (thread tid = rank tid from here on).
+    const int rank_tiles = tid < n_problems ? tiles_of_rank[tid] : 0;
+    const int tiles_end = block_inclusive_sum(rank_tiles, warp_sums);
+    const int total_tiles = warp_sums[31];
+    if (tid < n_problems) sched.tile_start[tid + 1] = tiles_end;
+    if (tid == last_unsplit_rank) split_from = tiles_end;  // only the ranks after it may be split
     __syncthreads();
-    if (warp == 0) {
-        warp_sums[lane] = warp_inclusive_sum(lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0);  // inclusive
-    }
-    __syncthreads();
-    const int inclusive = v + (warp > 0 ? warp_sums[warp - 1] : 0);
-    if (tid < n_problems) sched.tile_start[tid + 1] = inclusive;
+    // Split only a launch of fewer tiles than CTAs (one partial round: CTAs would idle), from the first tile after
+    // the last problem that cannot be split.  Cutting the partial last round that follows full rounds measured
+    // slower (Qwen1.5-MoE gate_up at 16 tokens, 550 tiles on 264 CTAs: 66.9 -> 71.4 µs).
+    const int tail_start = ctas > 0 && total_tiles < ctas ? split_from : total_tiles;
+    const int tiles_begin = tiles_end - rank_tiles;
+    const int rank_tail_chunks = max(0, tiles_end - max(tiles_begin, tail_start)) *
+                                 (tid < n_problems ? chunks_of_rank[tid] : 0);
+    const int tail_chunks_end = block_inclusive_sum(rank_tail_chunks, warp_sums);
+    const int tail_chunks = warp_sums[31];
+    if (tid < n_problems) sched.chunk_start[tid + 1] = tail_chunks_end;
+    for (int i = tid; i < total_tiles - tail_start; i += blockDim.x) sched.arrivals[i] = 0;  // < ctas tiles
+    // Worth it only when a piece is much shorter than the tiles it replaces: a segment pays a tile start (first
+    // chunks' memory latency, the activation slice) and a split tile a finish (slots written, fenced, summed),
+    // together ~kSplitCostChunks chunks of streaming (measured on the H100: splitting the 6-8-chunk tiles of
+    // Qwen1.5-MoE / DeepSeek-V2-Lite at 1 token lost up to 25 %, the 56-chunk tiles of Mixtral's down projection
+    // at 1 and 4 tokens ran 1.6x and 1.3x faster).
+    const int pieces = min(ctas, tail_chunks), tail_tiles = total_tiles - tail_start;
+    const bool worth_it = pieces > 0 &&
+                          (int64_t)((tail_chunks + pieces - 1) / pieces + kSplitCostChunks) * tail_tiles < tail_chunks;
     if (tid == 0) {
         sched.tile_start[0] = 0;
+        sched.chunk_start[0] = 0;
         *sched.counter = 0;
-        *sched.total = warp_sums[31];
+        *sched.tail_start = worth_it ? tail_start : total_tiles;
+        *sched.pieces = worth_it ? pieces : 0;
+        *sched.tail_chunks = worth_it ? tail_chunks : 0;
+        *sched.total = worth_it ? tail_start + pieces : total_tiles;
     }
 }
 
@@ -1292,10 +1477,21 @@ extern "C" enum mx_status mx_cuda_gemm_problems_check(const mx_cuda_problem *pro
     return MX_OK;
 }
 
+// CTAs of the largest grid (the decode variant's) on the current device; the split tail's slots scale with it.
+static int max_ctas_of_device() {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+        (void)cudaGetLastError();
+        sms = 160;  // no device to ask: room for any current GPU (the launch asks again and checks)
+    }
+    return sms * mx::DecodeVariant::min_blocks;
+}
+
 extern "C" size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_problems) {
     (void)max_rows;  // the schedule is per problem, not per row
     if (n_problems < 0) n_problems = 0;
-    return (mx::schedule_bytes(n_problems) + 255) / 256 * 256;
+    return mx::schedule_bytes(n_problems, max_ctas_of_device());
 }
 
 // Launch one variant of the persistent kernel: one grid of min_blocks CTAs per SM, optionally as a programmatic
@@ -1383,13 +1579,18 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
 
     // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM) ----
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    mx::Schedule sched = mx::schedule_view(d_workspace, n_problems);
+    mx::Schedule sched = mx::schedule_view(d_workspace, n_problems, sms * mx::DecodeVariant::min_blocks);
     // Variant: prefill (big fat tiles, 1 CTA/SM) when the launch averages many rows per expert and the device has
     // the shared memory for it (Hopper; an A100 runs the decode variant throughout), else decode.
     const bool prefill = max_rows >= (int64_t)mx::kPrefillRowsPerGroup * n_groups &&
                          smem_optin >= mx::PrefillVariant::smem;
     const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
-    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm, sched);
+    // MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole (A/B benchmarks and tests of both paths).
+    const char *split_env = getenv("MXMOE_GEMM_SPLIT_TAIL");
+    const bool split_tail = !(split_env && strcmp(split_env, "0") == 0);
+    const int ctas = sms * (prefill ? mx::PrefillVariant::min_blocks : mx::DecodeVariant::min_blocks);
+    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm,
+                                           split_tail ? ctas : 0, sched);
     e = cudaGetLastError();
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
     // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency to

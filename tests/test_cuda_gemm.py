@@ -201,6 +201,29 @@ def test_gemm_fused_decode_stream(scheme_name, k_case):
 
 
 @needs_gpu
+@pytest.mark.parametrize("mix", ["w4", "w4-w3-w2"])
+@pytest.mark.parametrize("split", ["1", "0"])
+def test_gemm_fused_split_tail(mix, split, monkeypatch):
+    """Fewer decode stream tiles than CTAs, with long K (8 problems × 8 tiles of 128 columns, K = 4224: 16.5 chunks of
+    w4, 8.25 of w2), so the tiles are cut along K into pieces whose segments publish partial tiles and the last one
+    to arrive sums them.  In the second mix a w3a16 problem (no stream kernel: cannot be split), ranked
+    between the w4 and the w2 problems, moves the split's start behind it.  K ends inside a chunk and inside a
+    slice; 1-16 rows per expert (both mma layouts).  Checked with the split on and off (MXMOE_GEMM_SPLIT_TAIL=0), and
+    bit-identical over two launches (slots are summed in a fixed order)."""
+    monkeypatch.setenv("MXMOE_GEMM_SPLIT_TAIL", split)
+    k = 4096 + 128
+    names = (["w4a16_g128_asym"] * 8 if mix == "w4" else
+             ["w4a16_g128_asym"] * 4 + ["w3a16_g128_asym"] * 2 + ["w2a16_g128_asym"] * 2)
+    expert_rows = [1, 16, 9, 8, 3, 12, 5, 14]
+    x = _random_x(sum(expert_rows), k, seed=60)
+    problems = [(name, e, 1024, 0) for e, name in enumerate(names)]
+    layer = Layer(x, expert_rows, problems, seed=61)
+    first = layer.run()
+    _check(layer, first, OUT_BF16_TOL, f"{mix=}, {split=}")
+    np.testing.assert_array_equal(first, layer.run())
+
+
+@needs_gpu
 @pytest.mark.parametrize("scheme_name", ["w8a8_g-1_sym", "w8a8_g-1_sym_fp8"])
 @pytest.mark.parametrize("k", [160, 4128])
 def test_gemm_fused_prefill_wgmma(scheme_name, k):
