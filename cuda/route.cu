@@ -226,18 +226,9 @@ __global__ void __launch_bounds__(1024) route_scan_kernel(const int32_t *__restr
                                                           int32_t *__restrict__ row_offsets,
                                                           int32_t *__restrict__ dropped) {
     __shared__ int32_t warp_sums[32];
-    const int e = threadIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int e = threadIdx.x;
     const int32_t total = e < n_experts ? scan_tiles(tile_counts, n_tiles, n_experts, e, 0, nullptr) : 0;
-    // inclusive scan of `total` over threads: within warps, then over the warp sums
-    const int32_t incl = mx::warp_inclusive_sum(total);
-    if (lane == 31) warp_sums[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        const int32_t s = mx::warp_inclusive_sum(lane < int(blockDim.x / 32) ? warp_sums[lane] : 0);
-        warp_sums[lane] = s; // inclusive over warps
-    }
-    __syncthreads();
-    const int32_t exclusive = incl - total + (warp > 0 ? warp_sums[warp - 1] : 0);
+    const int32_t exclusive = mx::block_inclusive_sum(total, warp_sums) - total;
     if (e < n_experts) {
         row_offsets[e] = exclusive;
         scan_tiles(tile_counts, n_tiles, n_experts, e, exclusive, tile_base);

@@ -1308,19 +1308,6 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, int bm, int bn) {
     return bytes / bytes_per_ns + flops / flops_per_ns;
 }
 
-// Block-wide inclusive prefix sum of one int per thread (blockDim.x <= 1024, a multiple of 32), through 32 ints
-// of shared memory; afterwards warp_sums[31] is the block total.  Every thread must call it.
-__device__ __forceinline__ int block_inclusive_sum(int v, int *warp_sums) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_inclusive_sum(v);
-    __syncthreads();  // a previous call's readers of warp_sums are done
-    if (lane == 31) warp_sums[warp] = v;
-    __syncthreads();
-    if (warp == 0) warp_sums[lane] = warp_inclusive_sum(lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0);
-    __syncthreads();
-    return v + (warp > 0 ? warp_sums[warp - 1] : 0);
-}
-
 // One block: rows per problem from the device row offsets, rank by per-tile cost, prefix-sum the tile counts,
 // lay out the split tail (see "Split tail"), reset the claim counter and the tail's arrival counters.
 // n_problems <= 1024 = blockDim.x.  fat_bm: the launched variant's fat tile rows; ctas: its grid (0: split nothing).
