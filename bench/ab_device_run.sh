@@ -3,6 +3,7 @@
 # .deps/old/sm90_mixed_grouped_gemm.cu, with its sm_90a object prebuilt next to it (.cu.o), both built here and timed
 # back to back by bench/bench_gemm.py (graph-replayed), optionally the whole layer too; SASS of both objects and the
 # SM clock during the runs (nvidia-smi, 100 ms) under $OUT.
+# VARIANTS="cost0:MXMOE_GEMM_SPLIT_COST=0 ..." times the new build again under each setting.
 # TESTS=1 runs the GPU tests of the new build first; NCU="<gemm_probe.py specs>" adds an Nsight Compute summary of
 # both builds' fused kernel on those launches.  Everything comes back as $OUT/ab.tgz.
 # Usage (device machine, repository root): BENCH_ARGS="--tokens 1,16 --schemes w4a16_g128_asym" LAYER=1 \
@@ -17,7 +18,12 @@ python3 setup.py build_ext --inplace -q > $OUT/build-new.txt 2>&1 || { tail $OUT
 rm -rf /tmp/old && mkdir -p /tmp/old && tar --exclude=./.deps -cf - . | tar -xf - -C /tmp/old
 cp .deps/old/sm90_mixed_grouped_gemm.cu /tmp/old/cuda/ && cp .deps/old/sm90_mixed_grouped_gemm.cu.o /tmp/old/$OBJ/
 find /tmp/old/build -name '*.o' -exec touch {} +
+# The copied tree holds the new build's extension (in place and under build/lib*); setuptools relinks only when a
+# source is newer than it (objects do not count), so without this the "old" runs would time the new kernel.
+rm -rf /tmp/old/mxmoe/_cuda*.so /tmp/old/build/lib.*
 (cd /tmp/old && python3 setup.py build_ext --inplace -q > $OUT/build-old.txt 2>&1) || { tail $OUT/build-old.txt; exit 1; }
+md5sum mxmoe/_cuda*.so /tmp/old/mxmoe/_cuda*.so | tee $OUT/so-md5.txt
+[ "$(md5sum < mxmoe/_cuda*.so)" != "$(md5sum < /tmp/old/mxmoe/_cuda*.so)" ] || { echo "old and new builds are one"; exit 1; }
 for o in new:$OBJ/sm90_mixed_grouped_gemm.cu.o old:.deps/old/sm90_mixed_grouped_gemm.cu.o; do
     cuobjdump -sass ${o#*:} | gzip > $OUT/sass-${o%%:*}.txt.gz
 done
@@ -40,6 +46,7 @@ run() {  # name, tree, extra env
 run old /tmp/old
 run new $PWD
 run new-nosplit $PWD MXMOE_GEMM_SPLIT_TAIL=0
+for v in ${VARIANTS:-}; do run new-${v%%:*} $PWD ${v#*:}; done  # name:ENV=value (settings of the new build)
 run old2 /tmp/old
 kill $SMI
 if [ -n "${NCU:-}" ]; then

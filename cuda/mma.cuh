@@ -29,11 +29,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void *p) {
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
-// 8-byte global -> shared copy (.ca: the only form below 16 bytes; the 2-bit weights of one lane's 32 codes are 8
-// bytes).  Same zero-fill rule as cp_async16.
-__device__ __forceinline__ void cp_async8(uint32_t dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
 // Close the group of cp.async issued since the last commit (one group = one pipeline stage).
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Wait until at most N groups are still in flight: with N = stages - 2 the oldest stage has landed.

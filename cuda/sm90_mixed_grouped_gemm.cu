@@ -219,7 +219,9 @@ static_assert(sizeof(TileGroup) == 96, "TileGroup is a 96-byte record");
  * the last segment to arrive sums the tile's slots in piece order (the result does not depend on timing) and runs
  * the epilogue.  The schedule kernel zeroes the counters before every launch, so the slots need no initialization. */
 constexpr int kSlotFloats = kThreads * 8;  // one partial tile: 8 fp32 accumulators per thread
-constexpr int kSplitCostChunks = 6;        // a segment's start + a split tile's finish, in chunks of streaming
+// A segment's start + a split tile's finish, in chunks of streaming (MXMOE_GEMM_SPLIT_COST overrides it: A/B
+// measurements, tests of both sides of the threshold).
+constexpr int kSplitCostChunks = 6;
 
 struct Schedule {        // views into the caller's workspace
     int32_t *counter;    // next claim id
@@ -577,9 +579,10 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  *   warp w: output columns n0 + 16w + [0, 16)  = rows g and 8 + g of two n8 mma tiles (g = lane / 4)
  *   chunk  = CK = 1024 / W codes of K (2 groups of 128 for w4, 4 for w2): 128 contiguous bytes of each
  *            of the warp's 16 rows, i.e. 2 KB per warp, in flight D = 2 chunks ahead
- *   lane (g, t) copies, for each of its two rows and each group q of the chunk, the 32 codes
+ *   lane (g, t) computes with, for each of its two rows and each group q of the chunk, the 32 codes
  *            k = chunk·CK + 128q + 32t + [0, 32)        (one pack: 4W bytes)
- *   and then uses exactly the bytes it copied itself as mma B operands: no barrier or __syncwarp guards the ring.
+ *   which the warp copies as whole 128-byte lines (4 rows per cp.async instruction) into the places each lane
+ *   reads, so a __syncwarp after each wait guards the warp's ring.
  *
  * The K order inside an mma is free (a dot product does not care), so each lane feeds the codes in the order that
  * is cheapest to unpack, and builds the activation fragment in the same order with PRMT:
@@ -597,8 +600,8 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  * lanes of one LDS.128 phase (rows g, g + 1; t = 0..3 at 64-byte steps) hit 8 different bank quads.
  *
  *   shared memory: [slice 0: A 16×KA bf16 | scales KA/128×128 f16 | zeros KA/128×128 u8] ... [slice NA-1]
- *                  [rings: 8 warps × ring_slots (>= D + 1) chunks × 2 KB, each chunk [piece][lane][piece bytes] so lanes read
- *                  consecutive addresses] */
+ *                  [rings: 8 warps × ring_slots (>= D + 1) chunks × 2 KB, each chunk [row half j][group q][lane][pack]
+ *                  so lanes read consecutive addresses] */
 
 template <int ID>
 struct StreamFacts {
@@ -609,8 +612,7 @@ struct StreamFacts {
     static constexpr int GQ = 8 / W;                // 128-groups per chunk
     static constexpr int CK = GQ * kGroup;          // k per chunk
     static constexpr int pack_bytes = 4 * W;        // one lane's 32 codes of one row
-    static constexpr int piece = pack_bytes;        // cp.async size: 16 (w4) or 8 (w2) bytes
-    static constexpr int pieces = 1;                // per pack
+    static constexpr int piece = pack_bytes;        // a lane's pack in the ring: 16 (w4) or 8 (w2) bytes
     // Weight chunks in flight per warp while it computes one, and k per activation slice.  (w4 with 3 chunks in
     // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16; what bounds the tile is not
     // settled: 15 % fewer instructions per chunk changed nothing, bench/NOTES-gpu.md session 3.)
@@ -664,8 +666,8 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
     const uint32_t smem0 = smem_u32(smem);
     const char *w = static_cast<const char *>(p.qweight);
     const int64_t w_ld = (int64_t)k * S::W / 8;
-    const char *w_row0 = w + (int64_t)(warp_active ? col0 + g : 0) * w_ld;
-    const char *w_row1 = w_row0 + (warp_active ? 8 * w_ld : 0);
+    // The lane's copy rows: row 4i + lane / 8 of the warp's 16 (i = 0..3), see issue_chunk.
+    const char *w_copy_row = w + (int64_t)(warp_active ? col0 + (lane >> 3) : 0) * w_ld;
     const uint32_t ring = smem0 + F::ring_off + warp * F::ring_slots * F::warp_chunk_bytes;
     const char *a_glob = reinterpret_cast<const char *>(acts.d_bf16);
     const int64_t a_ld_bytes = acts.ld * 2;
@@ -705,21 +707,25 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
     auto issue_chunk = [&](int c) {
         if (c >= c_end) return;
         if (warp_active) {
+            // One cp.async instruction covers 4 whole rows × 128 bytes (8 lanes per row: 4 full 128-byte lines, 16
+            // bytes per lane).  Copying the lane's own packs instead took 8 half lines per instruction, and 8-byte
+            // copies for w2, measured 7-23 % slower on w2 tiles.  Lane (row, b) writes the bytes where the lane that
+            // computes with them (row % 8, t) expects its pack of group q, so the ring is shared within the warp:
+            // hence the __syncwarp after each wait in the pipeline.
+            constexpr int group_bytes = kGroup * S::W / 8;  // one row's bytes of one 128-group: 64 (w4), 32 (w2)
             const uint32_t slot = ring + (c % F::ring_slots) * F::warp_chunk_bytes;
+            const int b = (lane & 7) * 16;
+            const int q = b / group_bytes, t_of_b = (b % group_bytes) / F::pack_bytes;
+            const int code0 = c * F::CK + b * 8 / S::W;
+            // k % 32 == 0: a pack is all in or all out, a w2 piece (two packs) may be half in
+            const int valid = min(16, max(0, (k - code0) * S::W / 8));
 #pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int q = 0; q < F::GQ; q++) {
-                    const int k_code = c * F::CK + q * kGroup + 32 * t;
-                    const bool ok = k_code < k;  // k % 32 == 0: a pack is all in or all out
-                    const char *src = ok ? (j ? w_row1 : w_row0) + (int64_t)k_code * S::W / 8 : w;
-#pragma unroll
-                    for (int pc = 0; pc < F::pieces; pc++) {
-                        const uint32_t dst = slot + ((j * F::GQ + q) * F::pieces + pc) * 32 * F::piece + lane * F::piece;
-                        if constexpr (F::piece == 16) cp_async16(dst, src + pc * 16, ok ? 16 : 0);
-                        else cp_async8(dst, src, ok ? 8 : 0);
-                    }
-                }
+            for (int i = 0; i < 4; i++) {
+                const int row = 4 * i + (lane >> 3);
+                const char *src = valid > 0 ? w_copy_row + 4 * i * w_ld + (int64_t)code0 * S::W / 8 : w;
+                const uint32_t dst = slot + (((row >> 3) * F::GQ + q) * 32 + (row & 7) * 4 + t_of_b) * F::piece;
+                cp_async16(dst, src, valid);
+            }
         }
         if (c % F::C == 0 || c == c_begin) issue_slice(c / F::C);  // a segment may start inside a slice
     };
@@ -758,18 +764,16 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
             }
             uint32_t wv[2][S::W];  // the lane's pack of each row: W words
 #pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int pc = 0; pc < F::pieces; pc++) {
-                    const char *src = ring_ptr + ((j * F::GQ + q) * F::pieces + pc) * 32 * F::piece + lane * F::piece;
-                    if constexpr (F::piece == 16) {
-                        const uint4 v = *reinterpret_cast<const uint4 *>(src);
-                        wv[j][4 * pc] = v.x; wv[j][4 * pc + 1] = v.y; wv[j][4 * pc + 2] = v.z; wv[j][4 * pc + 3] = v.w;
-                    } else {
-                        const uint2 v = *reinterpret_cast<const uint2 *>(src);
-                        wv[j][0] = v.x; wv[j][1] = v.y;
-                    }
+            for (int j = 0; j < 2; j++) {
+                const char *src = ring_ptr + ((j * F::GQ + q) * 32 + lane) * F::piece;
+                if constexpr (F::piece == 16) {
+                    const uint4 v = *reinterpret_cast<const uint4 *>(src);
+                    wv[j][0] = v.x; wv[j][1] = v.y; wv[j][2] = v.z; wv[j][3] = v.w;
+                } else {
+                    const uint2 v = *reinterpret_cast<const uint2 *>(src);
+                    wv[j][0] = v.x; wv[j][1] = v.y;
                 }
+            }
             const int block16 = (unit0 + q * (kGroup / 8)) * 16;  // this group's 16 units, in bytes
             // xg[u] / x8[u] = the 8 activations of unit u of rows g / g + 8
             uint4 xg[4], x8[4];
@@ -865,6 +869,8 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
     }
     for (int c = c_begin; c < c_end; c++) {
         cp_async_wait<F::D - 1>();
+        // chunk c visible to the whole warp, every lane done with chunk c - 1 (whose slot the copy below may reuse)
+        __syncwarp();
         // slice c / C visible; every warp is past slice c / C - 1
         if (c % F::C == 0 || c == c_begin) __syncthreads();
         issue_chunk(c + F::D);
@@ -1314,7 +1320,7 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, int bm, int bn) {
 __global__ void __launch_bounds__(1024)
     schedule_kernel(const mx_cuda_problem *__restrict__ problems, int32_t n_problems,
                     const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, int ctas,
-                    Schedule sched) {
+                    int split_cost, Schedule sched) {
     __shared__ float cost[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int chunks_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
@@ -1392,7 +1398,7 @@ __global__ void __launch_bounds__(1024)
     // at 1 and 4 tokens ran 1.6x and 1.3x faster).
     const int pieces = min(ctas, tail_chunks), tail_tiles = total_tiles - tail_start;
     const bool worth_it = pieces > 0 &&
-                          (int64_t)((tail_chunks + pieces - 1) / pieces + kSplitCostChunks) * tail_tiles < tail_chunks;
+                          (int64_t)((tail_chunks + pieces - 1) / pieces + split_cost) * tail_tiles < tail_chunks;
     if (tid == 0) {
         sched.tile_start[0] = 0;
         sched.chunk_start[0] = 0;
@@ -1575,9 +1581,12 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
     // MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole (A/B benchmarks and tests of both paths).
     const char *split_env = getenv("MXMOE_GEMM_SPLIT_TAIL");
     const bool split_tail = !(split_env && strcmp(split_env, "0") == 0);
+    const char *cost_env = getenv("MXMOE_GEMM_SPLIT_COST");
+    long split_cost = cost_env ? strtol(cost_env, nullptr, 10) : mx::kSplitCostChunks;
+    split_cost = split_cost < 0 ? 0 : split_cost > (1 << 24) ? (1 << 24) : split_cost;  // (1 << 24: never split)
     const int ctas = sms * (prefill ? mx::PrefillVariant::min_blocks : mx::DecodeVariant::min_blocks);
     mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm,
-                                           split_tail ? ctas : 0, sched);
+                                           split_tail ? ctas : 0, (int)split_cost, sched);
     e = cudaGetLastError();
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
     // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency to

@@ -224,6 +224,28 @@ def test_gemm_fused_split_tail(mix, split, monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("cost", ["0", None, "1000000"])
+def test_gemm_fused_split_runs(cost, monkeypatch):
+    """Pieces of the split tail that end one tile and start the next, also where the next is of another scheme:
+    12 problems × 8 tiles of w4 g128, w4 per-channel asym (zero points per column) and w2 g128, K = 4224 (16.5 chunks
+    of w4, 8.25 of w2), 1-16 rows per expert (both mma layouts).  The split's cost model (MXMOE_GEMM_SPLIT_COST in
+    chunks) at 0, the default and "never"; bit-identical over two launches."""
+    if cost is None:
+        monkeypatch.delenv("MXMOE_GEMM_SPLIT_COST", raising=False)
+    else:
+        monkeypatch.setenv("MXMOE_GEMM_SPLIT_COST", cost)
+    k = 4096 + 128
+    names = ["w4a16_g128_asym", "w4a16_g-1_asym", "w2a16_g128_asym"]
+    expert_rows = [int(r) for r in np.random.default_rng(70).integers(1, 17, size=12)]
+    x = _random_x(sum(expert_rows), k, seed=71)
+    problems = [(names[e % 3], e, 1024, 0) for e in range(len(expert_rows))]
+    layer = Layer(x, expert_rows, problems, seed=72)
+    first = layer.run()
+    _check(layer, first, OUT_BF16_TOL, f"{cost=}")
+    np.testing.assert_array_equal(first, layer.run())
+
+
+@needs_gpu
 @pytest.mark.parametrize("scheme_name", ["w8a8_g-1_sym", "w8a8_g-1_sym_fp8"])
 @pytest.mark.parametrize("k", [160, 4128])
 def test_gemm_fused_prefill_wgmma(scheme_name, k):
