@@ -1,6 +1,7 @@
 #!/bin/bash
-# A/B of the fused GEMM in one device call: this tree ("new") against a baseline kernel source kept (git-ignored) at
-# .deps/old/sm90_mixed_grouped_gemm.cu, with its sm_90a object prebuilt next to it (.cu.o), both built here and timed
+# A/B of the CUDA kernels in one device call: this tree ("new") against baseline sources kept (git-ignored) in
+# .deps/old/ (any of cuda/*.cu, e.g. sm90_mixed_grouped_gemm.cu, route.cu), each with its sm_90a object prebuilt next
+# to it (X.cu.o), both built here and timed
 # back to back by bench/bench_gemm.py (graph-replayed), optionally the whole layer too; SASS of both objects and the
 # SM clock during the runs (nvidia-smi, 100 ms) under $OUT.
 # VARIANTS="cost0:MXMOE_GEMM_SPLIT_COST=0 ..." times the new build again under each setting.
@@ -16,7 +17,7 @@ OBJ=build/temp.linux-x86_64-cpython-312/cuda
 find build .deps/old -name '*.o' -exec touch {} +
 python3 setup.py build_ext --inplace -q > $OUT/build-new.txt 2>&1 || { tail $OUT/build-new.txt; exit 1; }
 rm -rf /tmp/old && mkdir -p /tmp/old && tar --exclude=./.deps -cf - . | tar -xf - -C /tmp/old
-cp .deps/old/sm90_mixed_grouped_gemm.cu /tmp/old/cuda/ && cp .deps/old/sm90_mixed_grouped_gemm.cu.o /tmp/old/$OBJ/
+for src in .deps/old/*.cu; do cp $src /tmp/old/cuda/ && cp $src.o /tmp/old/$OBJ/ || exit 1; done
 find /tmp/old/build -name '*.o' -exec touch {} +
 # The copied tree holds the new build's extension (in place and under build/lib*); setuptools relinks only when a
 # source is newer than it (objects do not count), so without this the "old" runs would time the new kernel.
@@ -24,7 +25,7 @@ rm -rf /tmp/old/mxmoe/_cuda*.so /tmp/old/build/lib.*
 (cd /tmp/old && python3 setup.py build_ext --inplace -q > $OUT/build-old.txt 2>&1) || { tail $OUT/build-old.txt; exit 1; }
 md5sum mxmoe/_cuda*.so /tmp/old/mxmoe/_cuda*.so | tee $OUT/so-md5.txt
 [ "$(md5sum < mxmoe/_cuda*.so)" != "$(md5sum < /tmp/old/mxmoe/_cuda*.so)" ] || { echo "old and new builds are one"; exit 1; }
-for o in new:$OBJ/sm90_mixed_grouped_gemm.cu.o old:.deps/old/sm90_mixed_grouped_gemm.cu.o; do
+for o in new:$OBJ/sm90_mixed_grouped_gemm.cu.o old:/tmp/old/$OBJ/sm90_mixed_grouped_gemm.cu.o; do
     cuobjdump -sass ${o#*:} | gzip > $OUT/sass-${o%%:*}.txt.gz
 done
 if [ "${TESTS:-0}" != 0 ]; then

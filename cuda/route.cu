@@ -43,6 +43,7 @@ constexpr int kRouteThreads = 256;     // threads per routing block: a tile take
 constexpr int kRouteWarps = kRouteThreads / 32;
 constexpr int kRowThreads = 256;       // threads per row of the gather / act-mul / combine kernels
 constexpr int kChunk = 8;              // bf16 values per 16-byte access
+constexpr int kCombineSlots = 8;       // routed slots per token the combine kernel keeps in registers
 
 size_t align_up(size_t bytes) { return (bytes + 255) & ~size_t(255); }
 
@@ -367,24 +368,31 @@ __global__ void __launch_bounds__(kRowThreads) gather_quant_kernel(
     mx_cuda_act_buffers out) {
     __shared__ float scratch[kRowThreads / 32];
     const int64_t row = blockIdx.x;
-    const int group = find_group(row_offsets, n_groups, row);
-    const int token = group >= 0 ? perm_token[row] : -1;
-    int formats = formats_of(out);
-    if (token >= 0 && group_formats) formats &= group_formats[group];
-    if (formats == 0) return;
-
-    float x[VPT][kChunk];
+    // The row's loads wait only for its token; the binary search for its group (a chain of dependent loads) runs
+    // while they are in flight.  Rows past the last group are written as zeros.
+    const int token = row < row_offsets[n_groups] ? perm_token[row] : -1;
+    uint4 raw[VPT];
     bool valid[VPT];
-    float amax = 0.f;
 #pragma unroll
     for (int v = 0; v < VPT; ++v) { // all loads issued before any use
         const int64_t col = (int64_t(v) * blockDim.x + threadIdx.x) * kChunk;
         valid[v] = col < K;
-        uint4 raw = make_uint4(0, 0, 0, 0);
-        if (valid[v] && token >= 0) raw = *reinterpret_cast<const uint4 *>(hidden + int64_t(token) * ld_hidden + col);
-        unpack8(raw, x[v]);
+        raw[v] = make_uint4(0, 0, 0, 0);
+        if (valid[v] && token >= 0) raw[v] = *reinterpret_cast<const uint4 *>(hidden + int64_t(token) * ld_hidden + col);
+    }
+    const int group = token >= 0 ? find_group(row_offsets, n_groups, row) : -1;
+    int formats = formats_of(out);
+    if (group >= 0 && group_formats) formats &= group_formats[group];
+    if (formats == 0) return;
+
+    float x[VPT][kChunk];
+    float amax = 0.f;
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+        unpack8(raw[v], x[v]);
         if (valid[v] && (formats & (1 << MX_CUDA_ACT_BF16)))
-            *reinterpret_cast<uint4 *>(out.d_bf16 + row * out.ld + col) = raw;
+            *reinterpret_cast<uint4 *>(out.d_bf16 + row * out.ld + (int64_t(v) * blockDim.x + threadIdx.x) * kChunk) =
+                raw[v];
     }
     if (formats == (1 << MX_CUDA_ACT_BF16)) return;
 #pragma unroll
@@ -458,26 +466,34 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
     extern __shared__ float had_smem[];
     __shared__ float scratch[kRowThreads / 32];
     const int64_t row = blockIdx.x;
-    const int group = find_group(row_offsets, n_groups, row);
-    int formats = formats_of(out);
-    if (group >= 0 && group_formats) formats &= group_formats[group];
-    if (formats == 0) return;
-
-    float x[VPT][kChunk];
+    // Every load of the row is issued first (a loop that used each pair of loads at once ran them in ~VPT round
+    // trips); the binary search for the row's group, a chain of dependent loads, runs while they are in flight.
+    // Rows past the last group are written as zeros.
+    const bool in_groups = row < row_offsets[n_groups];
+    uint4 g_raw[VPT], u_raw[VPT];
     bool valid[VPT];
 #pragma unroll
     for (int v = 0; v < VPT; ++v) {
         const int64_t col = (int64_t(v) * blockDim.x + threadIdx.x) * kChunk;
         valid[v] = col < I;
-        uint4 g_raw = make_uint4(0, 0, 0, 0), u_raw = make_uint4(0, 0, 0, 0);
-        if (valid[v] && group >= 0) {
+        g_raw[v] = u_raw[v] = make_uint4(0, 0, 0, 0);
+        if (valid[v] && in_groups) {
             const uint16_t *src = gate_up + row * ld_gate_up + col;
-            g_raw = *reinterpret_cast<const uint4 *>(src);
-            u_raw = *reinterpret_cast<const uint4 *>(src + I);
+            g_raw[v] = *reinterpret_cast<const uint4 *>(src);
+            u_raw[v] = *reinterpret_cast<const uint4 *>(src + I);
         }
+    }
+    const int group = in_groups ? find_group(row_offsets, n_groups, row) : -1;
+    int formats = formats_of(out);
+    if (group >= 0 && group_formats) formats &= group_formats[group];
+    if (formats == 0) return;
+
+    float x[VPT][kChunk];
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
         float g[kChunk], u[kChunk];
-        unpack8(g_raw, g);
-        unpack8(u_raw, u);
+        unpack8(g_raw[v], g);
+        unpack8(u_raw[v], u);
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) x[v][i] = g[i] / (1.f + expf(-g[i])) * u[i]; // SiLU(g)·u in f32
     }
@@ -497,6 +513,32 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
     if (formats == (1 << MX_CUDA_ACT_BF16)) return;
     amax = block_max(amax, scratch);
     store_quantized<VPT>(x, valid, amax, row, formats, out);
+}
+
+// bf16 output only and no Hadamard (weight-only plans): SiLU(gate)·up is elementwise, so a row is spread over
+// gridDim.y = ceil(I / 2048) blocks of 8 columns per thread instead of one block per row — a decode step's few rows
+// of a wide I (Mixtral at 1 token: 2 rows × 14336) ran on 2 SMs for ~11 µs.  Same values as act_mul_quant_kernel.
+__global__ void __launch_bounds__(kRowThreads) act_mul_bf16_kernel(
+    const uint16_t *__restrict__ gate_up, int64_t ld_gate_up, int64_t I, const int32_t *__restrict__ row_offsets,
+    int n_groups, const uint8_t *__restrict__ group_formats, uint16_t *__restrict__ out, int64_t ld_out) {
+    const int64_t row = blockIdx.x;
+    const int64_t col = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * kChunk;
+    const bool in_groups = row < row_offsets[n_groups];  // rows past the last group are written as zeros
+    const bool valid = col < I;
+    uint4 g_raw = make_uint4(0, 0, 0, 0), u_raw = make_uint4(0, 0, 0, 0);
+    if (valid && in_groups) {
+        const uint16_t *src = gate_up + row * ld_gate_up + col;
+        g_raw = *reinterpret_cast<const uint4 *>(src);
+        u_raw = *reinterpret_cast<const uint4 *>(src + I);
+    }
+    const int group = in_groups ? find_group(row_offsets, n_groups, row) : -1;  // overlaps the loads
+    if (!valid || (group >= 0 && group_formats && !(group_formats[group] & (1 << MX_CUDA_ACT_BF16)))) return;
+    float g[kChunk], u[kChunk], x[kChunk];
+    unpack8(g_raw, g);
+    unpack8(u_raw, u);
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) x[i] = g[i] / (1.f + expf(-g[i])) * u[i]; // SiLU(g)·u in f32
+    *reinterpret_cast<uint4 *>(out + row * ld_out + col) = pack8(x);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -522,9 +564,36 @@ __global__ void __launch_bounds__(kRowThreads) combine_kernel(
         gate = load_weight(shared_gate, t, shared_gate_dtype);
         if (apply_sigmoid) gate = 1.f / (1.f + expf(-gate));
     }
+    // Up to kCombineSlots routed rows: their rows and weights are read once, and each column block's row loads are
+    // all issued before the sum (one round trip instead of k dependent ones per block).  More slots: the loop below.
+    int32_t slot_row[kCombineSlots];
+    float slot_weight[kCombineSlots];
+    const bool few_slots = k <= kCombineSlots;
+    if (few_slots) {
+#pragma unroll
+        for (int slot = 0; slot < kCombineSlots; ++slot) {
+            slot_row[slot] = slot < k ? inv_perm[t * k + slot] : -1;
+            slot_weight[slot] = slot < k ? load_weight(weights, t * k + slot, weights_dtype) : 0.f;
+        }
+    }
     for (int64_t col = int64_t(threadIdx.x) * kChunk; col < H; col += int64_t(blockDim.x) * kChunk) {
         float acc[kChunk] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        for (int slot = 0; slot < k; ++slot) {
+        if (few_slots) {
+            uint4 raw[kCombineSlots];
+#pragma unroll
+            for (int slot = 0; slot < kCombineSlots; ++slot)  // dropped pair (row < 0) or no slot: contributes 0
+                raw[slot] = slot_row[slot] >= 0 ? *reinterpret_cast<const uint4 *>(y + int64_t(slot_row[slot]) * ldy + col)
+                                                : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int slot = 0; slot < kCombineSlots; ++slot) {
+                if (slot_row[slot] < 0) continue;
+                float v[kChunk];
+                unpack8(raw[slot], v);
+#pragma unroll
+                for (int i = 0; i < kChunk; ++i) acc[i] = fmaf(slot_weight[slot], v[i], acc[i]);
+            }
+        }
+        for (int slot = 0; slot < (few_slots ? 0 : k); ++slot) {
             const int32_t r = inv_perm[t * k + slot];
             if (r < 0) continue; // dropped pair: out-of-range expert index
             const float w = load_weight(weights, t * k + slot, weights_dtype);
@@ -699,6 +768,13 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
     }
     if (n_rows == 0) return MX_OK;
     cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (!hadamard && formats_of(*out) == (1 << MX_CUDA_ACT_BF16)) {  // no row-wide step: spread rows over blocks
+        const dim3 blocks(static_cast<unsigned>(n_rows),
+                          static_cast<unsigned>((I + kRowThreads * kChunk - 1) / (kRowThreads * kChunk)));
+        act_mul_bf16_kernel<<<blocks, kRowThreads, 0, s>>>(d_gate_up, ld_gate_up, I, d_row_offsets, n_groups,
+                                                           d_group_formats, out->d_bf16, out->ld);
+        return route_check_launch(fn, err);
+    }
     const dim3 grid(static_cast<unsigned>(n_rows));
     switch (vpt_for(I)) {
 #define MX_ACT_CASE(V)                                                                                            \

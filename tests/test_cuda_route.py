@@ -260,6 +260,30 @@ def test_route_act_mul_quant(I, m):
     check_quantized(b, got[:17], np.arange(17), all_fmt, f"act_mul I={I}")
 
 
+@pytest.mark.parametrize("I", [1408, 14336 + 8])
+def test_route_act_mul_bf16(I):
+    """bf16 output only, no Hadamard: rows are spread over several blocks (Mixtral's I = 14336 + a tail of one
+    16-byte chunk).  Group 1 does not read bf16 (its rows stay untouched), rows past the groups are zero-filled."""
+    rng = np.random.default_rng(I + 1)
+    n_rows = 6
+    gate_up = torch.from_numpy(rng.standard_normal((n_rows, 2 * I)).astype(np.float32) * 2).to(torch.bfloat16)
+    gate_up = gate_up.to(DEV)
+    row_offsets = torch.tensor([0, 2, 4, 5], dtype=torch.int32, device=DEV)  # row 5: dropped
+    group_formats = torch.tensor([1 << ACT_BF16, 1 << ACT_INT8, 1 << ACT_BF16], dtype=torch.uint8, device=DEV)
+    b, tup = act_buffers(n_rows, I, 1 << ACT_BF16)
+    _cuda().route_act_mul_quant(gate_up.data_ptr(), 2 * I, n_rows, I, row_offsets.data_ptr(), 3,
+                                group_formats.data_ptr(), None, tup, _stream())
+    torch.cuda.synchronize()
+    g = gate_up.float().cpu().numpy().astype(np.float64)
+    want = g[:, :I] / (1 + np.exp(-g[:, :I])) * g[:, I:]
+    got = b["bf16"].float().cpu().numpy()
+    rows = [0, 1, 4]
+    scale = np.maximum(np.abs(want[rows]).max(axis=1, keepdims=True), 1e-30)
+    assert np.all(np.abs(got[rows] - want[rows]) <= BF16_ULP_REL * np.maximum(np.abs(want[rows]), scale * 1e-3))
+    assert np.all(got[2:4] == POISON_BF16), "group 1 does not read bf16: its rows must stay untouched"
+    assert np.all(got[5] == 0), "rows past the groups are zero-filled"
+
+
 def test_route_act_mul_quant_bad_hadamard():
     b, tup = act_buffers(2, 1408, 1)
     with pytest.raises(ValueError, match="power of two"):
