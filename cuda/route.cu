@@ -7,7 +7,8 @@
  *   mx_cuda_gather_quant   one block per permuted row: gather hidden[token] with 16-byte loads, keep it in
  *                          registers, block max|x|, write bf16 / int8 / e4m3 / int4 copies the row's group reads.
  *   mx_cuda_act_mul_quant  same shape of kernel over y_gate_up rows: h = SiLU(gate)·up (+ randomized Hadamard
- *                          through shared memory), rounded to bf16, then quantized from the bf16 value.
+ *                          through shared memory), rounded to bf16, then quantized from the bf16 value; with bf16
+ *                          output only and no Hadamard, an elementwise kernel that spreads each row over blocks.
  *   mx_cuda_combine        one block per token: f32 sum of the k weighted expert rows (+ gated shared rows).
  *
  * Everything here is bandwidth-bound (a few flops per byte), so the kernels are written for 16-byte coalesced
@@ -458,6 +459,15 @@ __device__ void hadamard_rotate(float (&x)[VPT][kChunk], const bool (&valid)[VPT
     __syncthreads(); // the row buffer is reused by the next stage only after every thread has read it
 }
 
+// x = SiLU(gate)·up in f32 for the 8 bf16 values of one 16-byte chunk of each.
+__device__ __forceinline__ void silu_mul8(const uint4 &gate_raw, const uint4 &up_raw, float (&x)[kChunk]) {
+    float g[kChunk], u[kChunk];
+    unpack8(gate_raw, g);
+    unpack8(up_raw, u);
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) x[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+
 template <int VPT>
 __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
     const uint16_t *__restrict__ gate_up, int64_t ld_gate_up, int64_t I, const int32_t *__restrict__ row_offsets,
@@ -490,13 +500,7 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
 
     float x[VPT][kChunk];
 #pragma unroll
-    for (int v = 0; v < VPT; ++v) {
-        float g[kChunk], u[kChunk];
-        unpack8(g_raw[v], g);
-        unpack8(u_raw[v], u);
-#pragma unroll
-        for (int i = 0; i < kChunk; ++i) x[v][i] = g[i] / (1.f + expf(-g[i])) * u[i]; // SiLU(g)·u in f32
-    }
+    for (int v = 0; v < VPT; ++v) silu_mul8(g_raw[v], u_raw[v], x[v]);
     if (use_hadamard && (had.d_group_mask == nullptr || (group >= 0 && had.d_group_mask[group])))
         hadamard_rotate<VPT>(x, valid, I, had, had_smem); // block-uniform condition: the barriers inside are safe
     float amax = 0.f;
@@ -533,11 +537,8 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_bf16_kernel(
     }
     const int group = in_groups ? find_group(row_offsets, n_groups, row) : -1;  // overlaps the loads
     if (!valid || (group >= 0 && group_formats && !(group_formats[group] & (1 << MX_CUDA_ACT_BF16)))) return;
-    float g[kChunk], u[kChunk], x[kChunk];
-    unpack8(g_raw, g);
-    unpack8(u_raw, u);
-#pragma unroll
-    for (int i = 0; i < kChunk; ++i) x[i] = g[i] / (1.f + expf(-g[i])) * u[i]; // SiLU(g)·u in f32
+    float x[kChunk];
+    silu_mul8(g_raw, u_raw, x);
     *reinterpret_cast<uint4 *>(out + row * ld_out + col) = pack8(x);
 }
 

@@ -615,7 +615,7 @@ struct StreamFacts {
     static constexpr int piece = pack_bytes;        // a lane's pack in the ring: 16 (w4) or 8 (w2) bytes
     // Weight chunks in flight per warp while it computes one, and k per activation slice.  (w4 with 3 chunks in
     // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16; what bounds the tile is not
-    // settled: 15 % fewer instructions per chunk changed nothing, bench/NOTES-gpu.md session 3.)
+    // settled, bench/NOTES-gpu.md sessions 3-4.)
     static constexpr int D = 2;
     static constexpr int KA = 512;
     static constexpr int C = KA / CK;                                 // chunks per slice
