@@ -102,8 +102,8 @@ MX_API enum mx_status mx_cuda_gemm_problems_check(const mx_cuda_problem *problem
  * n_problems) bytes, 16-byte aligned, no initialization needed (its size depends on the current device's SM count:
  * the split tail's partial tiles; ~4.3 MB on an H100).  Two launches on `stream` (a one-block schedule kernel, then
  * the persistent GEMM), no host sync, no allocation: CUDA-graph capturable.  Results are deterministic: the split
- * tail sums its partial tiles in a fixed order.  Environment: MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole (A/B
- * benchmarks, tests of both paths). */
+ * tail sums its partial tiles in a fixed order.  Environment: MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole,
+ * MXMOE_GEMM_SPLIT_COST=<chunks> overrides the split's cost model (A/B benchmarks, tests of both paths). */
 MX_API size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_problems);
 MX_API enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
                                          const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,

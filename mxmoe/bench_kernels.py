@@ -536,8 +536,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             root, ext = os.path.splitext(args.plot)
             path = args.plot if len(scopes) == 1 else f"{root}-{scope}{ext or '.png'}"
             tmp = f"{path}.tmp.{os.getpid()}.png"  # written whole or not at all, as the JSON
-            plot_kernels(result, scope=scope).savefig(tmp, dpi=110)
-            os.replace(tmp, path)
+            try:
+                plot_kernels(result, scope=scope).savefig(tmp, dpi=110)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
             print(f"# plot: {path}")
     return 0
 
