@@ -1553,6 +1553,19 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
             return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld must be a multiple of %d for %s rows",
                                 (long long)acts->ld, ld_multiple[f], format_names[f]);
     }
+    // Measurement switches (mx_cuda.h): MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole; MXMOE_GEMM_SPLIT_COST=<chunks>
+    // replaces the split's cost model constant (values above 2^24 mean "never split").
+    const char *split_env = getenv("MXMOE_GEMM_SPLIT_TAIL");
+    const bool split_tail = !(split_env && strcmp(split_env, "0") == 0);
+    long split_cost = mx::kSplitCostChunks;
+    if (const char *cost_env = getenv("MXMOE_GEMM_SPLIT_COST")) {
+        char *end = nullptr;
+        split_cost = strtol(cost_env, &end, 10);
+        if (end == cost_env || *end != '\0' || split_cost < 0)
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "MXMOE_GEMM_SPLIT_COST=%s must be a non-negative integer "
+                                "(chunks)", cost_env);
+        if (split_cost > (1 << 24)) split_cost = 1 << 24;
+    }
     int device = 0, sms = 0, major = 0, minor = 0, smem_optin = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -1578,12 +1591,6 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
     const bool prefill = max_rows >= (int64_t)mx::kPrefillRowsPerGroup * n_groups &&
                          smem_optin >= mx::PrefillVariant::smem;
     const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
-    // MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole (A/B benchmarks and tests of both paths).
-    const char *split_env = getenv("MXMOE_GEMM_SPLIT_TAIL");
-    const bool split_tail = !(split_env && strcmp(split_env, "0") == 0);
-    const char *cost_env = getenv("MXMOE_GEMM_SPLIT_COST");
-    long split_cost = cost_env ? strtol(cost_env, nullptr, 10) : mx::kSplitCostChunks;
-    split_cost = split_cost < 0 ? 0 : split_cost > (1 << 24) ? (1 << 24) : split_cost;  // (1 << 24: never split)
     const int ctas = sms * (prefill ? mx::PrefillVariant::min_blocks : mx::DecodeVariant::min_blocks);
     mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm,
                                            split_tail ? ctas : 0, (int)split_cost, sched);

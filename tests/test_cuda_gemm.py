@@ -406,6 +406,14 @@ def test_gemm_fused_bad_input(bad, message):
         _cuda.gemm_fused(**_fused_args(**bad))
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "6x", ""])
+def test_gemm_fused_bad_split_cost(value, monkeypatch):
+    """A malformed MXMOE_GEMM_SPLIT_COST is refused before any launch, naming the variable."""
+    monkeypatch.setenv("MXMOE_GEMM_SPLIT_COST", value)
+    with pytest.raises(ValueError, match="MXMOE_GEMM_SPLIT_COST"):
+        _cuda.gemm_fused(**_fused_args())
+
+
 def test_gemm_fused_int8_needs_scales():
     _, info = _cuda.gemm_problems_pack([_record(scheme="w8a8_g-1_sym", zeros=0)])
     with pytest.raises(ValueError, match="int8 activations"):
