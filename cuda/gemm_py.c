@@ -5,7 +5,7 @@
  *   table, info = gemm_problems_pack(problems)      once per layer (host check of every problem -> ValueError)
  *   (copy `table` to the device once, e.g. torch.frombuffer(table, dtype=torch.uint8).cuda())
  *   gemm_fused(d_table, info, d_row_offsets, n_groups, max_rows, acts, d_y, ldy, d_workspace, workspace_bytes,
- *              stream)                              per call: O(1) checks, two launches, no sync */
+ *              stream[, part])                      per call: O(1) checks, two launches, no sync */
 #include "binding_cuda_py.h"
 
 #include <string.h>
@@ -145,26 +145,35 @@ static int parse_acts(PyObject *obj, mx_cuda_activations *acts) {
 static PyObject *py_gemm_fused(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *keywords[] = {"problems", "info", "row_offsets", "n_groups", "max_rows", "acts", "y", "ldy",
-                               "workspace", "workspace_bytes", "stream", NULL};
+                               "workspace", "workspace_bytes", "stream", "part", NULL};
     unsigned long long d_problems, d_row_offsets, d_y, d_workspace, stream;
     PyObject *info_obj, *acts_obj;
     int n_groups;
     long long max_rows, ldy;
     unsigned long long workspace_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KOKiLOKLKKK", keywords, &d_problems, &info_obj, &d_row_offsets,
+    const char *part_name = "all";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KOKiLOKLKKK|s", keywords, &d_problems, &info_obj, &d_row_offsets,
                                      &n_groups, &max_rows, &acts_obj, &d_y, &ldy, &d_workspace, &workspace_bytes,
-                                     &stream))
+                                     &stream, &part_name))
         return NULL;
+    mx_cuda_gemm_part part;
+    if (strcmp(part_name, "all") == 0) part = MX_CUDA_GEMM_ALL;
+    else if (strcmp(part_name, "schedule") == 0) part = MX_CUDA_GEMM_SCHEDULE;
+    else if (strcmp(part_name, "compute") == 0) part = MX_CUDA_GEMM_COMPUTE;
+    else {
+        PyErr_Format(PyExc_ValueError, "part='%s' must be 'all', 'schedule' or 'compute'", part_name);
+        return NULL;
+    }
     mx_cuda_problems_info info;
     mx_cuda_activations acts;
     if (!parse_info(info_obj, &info) || !parse_acts(acts_obj, &acts)) return NULL;
     mx_error err = {MX_OK, ""};
     enum mx_status status;
     Py_BEGIN_ALLOW_THREADS;
-    status = mx_cuda_gemm_fused((const mx_cuda_problem *)(uintptr_t)d_problems, &info,
-                                (const int32_t *)(uintptr_t)d_row_offsets, n_groups, (int64_t)max_rows, &acts,
-                                (uint16_t *)(uintptr_t)d_y, (int64_t)ldy, (void *)(uintptr_t)d_workspace,
-                                (size_t)workspace_bytes, (void *)(uintptr_t)stream, &err);
+    status = mx_cuda_gemm_fused_part((const mx_cuda_problem *)(uintptr_t)d_problems, &info,
+                                     (const int32_t *)(uintptr_t)d_row_offsets, n_groups, (int64_t)max_rows, &acts,
+                                     (uint16_t *)(uintptr_t)d_y, (int64_t)ldy, (void *)(uintptr_t)d_workspace,
+                                     (size_t)workspace_bytes, (void *)(uintptr_t)stream, part, &err);
     Py_END_ALLOW_THREADS;
     if (status != MX_OK) return mx_cuda_py_raise(&err);
     Py_RETURN_NONE;
@@ -179,8 +188,10 @@ PyMethodDef mx_cuda_py_gemm_methods[] = {
      "gemm_workspace_bytes(max_rows, n_problems) -> bytes of device workspace gemm_fused needs"},
     {"gemm_fused", (PyCFunction)(void (*)(void))py_gemm_fused, METH_VARARGS | METH_KEYWORDS,
      "gemm_fused(problems, info, row_offsets, n_groups, max_rows, acts, y, ldy, workspace, workspace_bytes, "
-     "stream)\nOne fused launch of every problem (device table `problems` from gemm_problems_pack): "
+     "stream, part='all')\nOne fused launch of every problem (device table `problems` from gemm_problems_pack): "
      "y[rows of expert, out_col:out_col+n] = x[rows, :k] @ W.T in bf16. acts = (bf16, int8, fp8, int4, "
-     "scale_int8, scale_fp8, scale_int4, ld). Asynchronous on `stream`."},
+     "scale_int8, scale_fp8, scale_int4, ld). Asynchronous on `stream`. part='schedule' launches only the "
+     "schedule kernel into `workspace`, part='compute' only the GEMM that consumes it (mx_cuda.h: "
+     "mx_cuda_gemm_fused_part)."},
     {NULL, NULL, 0, NULL},
 };

@@ -110,6 +110,24 @@ MX_API enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, cons
                                          const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
                                          void *d_workspace, size_t workspace_bytes, void *stream, mx_error *err);
 
+/* mx_cuda_gemm_fused's two launches one at a time, for callers that take the schedule off the critical path
+ * (mxmoe.cuda_ops computes both GEMMs' schedules on a second stream while the activations are gathered).  Same
+ * arguments and checks.  MX_CUDA_GEMM_SCHEDULE launches only the one-block schedule kernel, which writes the tile
+ * schedule into `workspace` and reads only the problems and the row offsets; MX_CUDA_GEMM_COMPUTE launches only the
+ * GEMM, which claims that schedule's tiles.  The caller orders every COMPUTE after one SCHEDULE with the same
+ * problems, row offsets (their values too), n_groups and max_rows into the same workspace (same stream, or an
+ * event), and runs no second COMPUTE on it: the GEMM consumes the schedule's claim counter. */
+typedef enum mx_cuda_gemm_part {
+    MX_CUDA_GEMM_SCHEDULE = 1,
+    MX_CUDA_GEMM_COMPUTE = 2,
+    MX_CUDA_GEMM_ALL = 3 /* = mx_cuda_gemm_fused */
+} mx_cuda_gemm_part;
+MX_API enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
+                                              const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
+                                              const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
+                                              void *d_workspace, size_t workspace_bytes, void *stream,
+                                              mx_cuda_gemm_part part, mx_error *err);
+
 #ifdef __cplusplus
 }
 #endif

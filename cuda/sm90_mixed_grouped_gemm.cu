@@ -1509,12 +1509,15 @@ static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule 
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 
-extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
-                                             const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
-                                             const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
-                                             void *d_workspace, size_t workspace_bytes, void *stream,
-                                             mx_error *err) {
+extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
+                                                  const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
+                                                  const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
+                                                  void *d_workspace, size_t workspace_bytes, void *stream,
+                                                  mx_cuda_gemm_part part, mx_error *err) {
     // ---- validate (O(1): scalars against the checked table's summary) ----
+    if (part != MX_CUDA_GEMM_ALL && part != MX_CUDA_GEMM_SCHEDULE && part != MX_CUDA_GEMM_COMPUTE)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "part=%d must be MX_CUDA_GEMM_ALL, _SCHEDULE or _COMPUTE",
+                            (int)part);
     if (!info || !acts) return mx_error_set(err, MX_ERR_INVALID_ARG, "info and acts must not be NULL");
     const int32_t n_problems = info->n_problems;
     if (n_problems < 0 || n_problems > MX_CUDA_GEMM_MAX_PROBLEMS)
@@ -1583,7 +1586,8 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
                             "sm_%d%d", major, minor);
 
-    // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM) ----
+    // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM); `part` may ask for one of them.
+    // Both derive the variant and the grid from (max_rows, n_groups, device) alone, so separate calls agree. ----
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     mx::Schedule sched = mx::schedule_view(d_workspace, n_problems, sms * mx::DecodeVariant::min_blocks);
     // Variant: prefill (big fat tiles, 1 CTA/SM) when the launch averages many rows per expert and the device has
@@ -1592,17 +1596,21 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
                          smem_optin >= mx::PrefillVariant::smem;
     const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
     const int ctas = sms * (prefill ? mx::PrefillVariant::min_blocks : mx::DecodeVariant::min_blocks);
-    mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm,
-                                           split_tail ? ctas : 0, (int)split_cost, sched);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
-    // Programmatic dependent launch on sm_90+ outside graph capture (a replayed graph has little launch latency to
-    // hide: enabling it under capture measured no change on the whole-layer benchmark); a runtime that refuses the
-    // attribute gets the plain launch.
+    if (part & MX_CUDA_GEMM_SCHEDULE) {
+        mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm,
+                                               split_tail ? ctas : 0, (int)split_cost, sched);
+        e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
+    }
+    if (!(part & MX_CUDA_GEMM_COMPUTE)) return MX_OK;
+    // Programmatic dependent launch on sm_90+ right behind our schedule kernel outside graph capture (a replayed
+    // graph has little launch latency to hide: enabling it under capture measured no change on the whole-layer
+    // benchmark); a runtime that refuses the attribute gets the plain launch.
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     e = cudaStreamIsCapturing(s, &capture);
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "stream query: %s", cudaGetErrorString(e));
-    const bool pdl = major >= 9 && capture == cudaStreamCaptureStatusNone;
+    const bool pdl = major >= 9 && capture == cudaStreamCaptureStatusNone && (part & MX_CUDA_GEMM_SCHEDULE);
     e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl)
                 : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl);
     if (e != cudaSuccess && pdl) {
@@ -1614,4 +1622,13 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
         return mx_error_set(err, MX_ERR_CUDA, "fused GEMM launch (%d problems, max_rows=%lld): %s", n_problems,
                             (long long)max_rows, cudaGetErrorString(e));
     return MX_OK;
+}
+
+extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
+                                             const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
+                                             const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
+                                             void *d_workspace, size_t workspace_bytes, void *stream,
+                                             mx_error *err) {
+    return mx_cuda_gemm_fused_part(d_problems, info, d_row_offsets, n_groups, max_rows, acts, d_y, ldy, d_workspace,
+                                   workspace_bytes, stream, MX_CUDA_GEMM_ALL, err);
 }

@@ -185,7 +185,8 @@ def workspace_layout(tokens: int, top_k: int, n_experts: int, n_shared_groups: i
         "inv_perm": ((tokens * top_k,), "int32"),
         "dropped": ((1,), "int32"),
         "route_workspace": ((route_workspace_bytes,), "uint8"),
-        "gemm_workspace": ((gemm_workspace_bytes,), "uint8"),
+        "gemm_workspace": ((gemm_workspace_bytes,), "uint8"),  # the gate|up GEMM's schedule (and split tail)
+        "gemm_workspace_down": ((gemm_workspace_bytes,), "uint8"),  # the down GEMM's, made at the same time
         "y_gate_up": ((rows, 2 * intermediate), "bfloat16"),
         "y_down": ((rows, hidden), "bfloat16"),
     }
@@ -317,6 +318,7 @@ class MoELayerCUDA:
         self._upload(groups, down_hadamard, group_flags)
         self._workspace: dict[str, Any] = {}
         self._capacity = 0
+        self._schedule_streams: Any = None  # two side streams, made on first use (forward)
 
     # ---- construction -------------------------------------------------------------------------------------
 
@@ -467,12 +469,12 @@ class MoELayerCUDA:
                 ptr(f"{stage}_scale_int8"), ptr(f"{stage}_scale_fp8"), ptr(f"{stage}_scale_int4"), width)
 
     def _gemm(self, tables: dict[str, Any], ws: dict[str, Any], n_rows: int, acts: tuple, y: Any,
-              sequential: bool, stream: int) -> None:
+              sequential: bool, stream: int, part: str = "all", workspace: str = "gemm_workspace") -> None:
         n_groups = self.n_experts + self.n_shared_groups
         for table, info in (tables["per_scheme"] if sequential else [tables["fused"]]):
             self._cuda.gemm_fused(table.data_ptr(), info, ws["row_offsets"].data_ptr(), n_groups, n_rows, acts,
-                                  y.data_ptr(), y.shape[1], ws["gemm_workspace"].data_ptr(),
-                                  ws["gemm_workspace"].numel(), stream)
+                                  y.data_ptr(), y.shape[1], ws[workspace].data_ptr(), ws[workspace].numel(), stream,
+                                  part)
 
     def forward(self, hidden: Any, top_k_index: Any, top_k_weights: Any, shared_gate_logits: Any = None, *,
                 sequential: bool = False, check_indices: bool = False) -> Any:
@@ -503,14 +505,33 @@ class MoELayerCUDA:
                         ws["row_offsets"].data_ptr(), ws["perm_token"].data_ptr(), ws["inv_perm"].data_ptr(),
                         ws["dropped"].data_ptr(), ws["route_workspace"].data_ptr(), ws["route_workspace"].numel(),
                         stream)
-        x_acts = self._acts(ws, "x", H)
+        x_acts, h_acts = self._acts(ws, "x", H), self._acts(ws, "h", I)
+        if not sequential:
+            # Both GEMMs' tile schedules depend only on the routing: compute them on two side streams while the
+            # activations are gathered, so no one-block schedule kernel sits between two kernels of the layer
+            # (graph-capturable: the side streams fork from and join back into the current one).  Both join before
+            # the first GEMM: a schedule kernel still running beside a GEMM holds an SM's room for one of its CTAs,
+            # which then starts late (measured: Mixtral's mixed plan at 1 token 392 -> 423 µs).
+            main = torch.cuda.current_stream(self.device)
+            if self._schedule_streams is None:
+                self._schedule_streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device))
+            for side, (tables, acts, y, workspace) in zip(self._schedule_streams, (
+                    (self._gate_up_tables, x_acts, ws["y_gate_up"], "gemm_workspace"),
+                    (self._down_tables, h_acts, ws["y_down"], "gemm_workspace_down"))):
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    self._gemm(tables, ws, n_rows, acts, y, False, side.cuda_stream, "schedule", workspace)
         cuda.route_gather_quant(hidden.data_ptr(), H, T, H, ws["perm_token"].data_ptr(), n_rows,
                                 ws["row_offsets"].data_ptr(), n_groups, self._gu_formats.data_ptr(), x_acts, stream)
-        self._gemm(self._gate_up_tables, ws, n_rows, x_acts, ws["y_gate_up"], sequential, stream)
-        h_acts = self._acts(ws, "h", I)
+        if not sequential:
+            for side in self._schedule_streams:
+                main.wait_stream(side)
+        part = "all" if sequential else "compute"
+        self._gemm(self._gate_up_tables, ws, n_rows, x_acts, ws["y_gate_up"], sequential, stream, part)
         cuda.route_act_mul_quant(ws["y_gate_up"].data_ptr(), 2 * I, n_rows, I, ws["row_offsets"].data_ptr(),
                                  n_groups, self._down_formats.data_ptr(), self._hadamard, h_acts, stream)
-        self._gemm(self._down_tables, ws, n_rows, h_acts, ws["y_down"], sequential, stream)
+        self._gemm(self._down_tables, ws, n_rows, h_acts, ws["y_down"], sequential, stream, part,
+                   "gemm_workspace_down")
         gate_ptr, gate_dtype = 0, 0
         if shared_gate_logits is not None and self.n_shared_groups:
             gate_ptr = shared_gate_logits.data_ptr()

@@ -288,6 +288,43 @@ def test_gemm_fused_repeat_is_deterministic():
 
 
 @needs_gpu
+def test_gemm_fused_schedule_then_compute():
+    """part='schedule' on a second stream, then part='compute' ordered by an event, equals the whole call; a
+    second layer's schedule made in between into its own workspace does not disturb the first."""
+    torch = _torch()
+    expert_rows = [3, 0, 17, 1, 9]
+    x = _random_x(sum(expert_rows), 384, seed=31)
+    mix = ["w4a16_g128_asym", "w8a8_g-1_sym", "w2a16_g128_asym", "w16a16", "w4a8_g128_asym"]
+    problems = [(mix[e], e, 128, 0) for e in range(5)] + [("w4a16_g-1_asym", e, 256, 128) for e in range(5)]
+    layer = Layer(x, expert_rows, problems, seed=32)
+    other = Layer(x, expert_rows, [("w4a16_g128_asym", e, 128, 0) for e in range(5)], seed=33)
+    whole = layer.run()
+    side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+    side.wait_stream(main)
+    scheduled = torch.cuda.Event()
+    y = torch.full((layer.rows, layer.ldy), float("nan"), dtype=torch.bfloat16, device="cuda")
+    y_other = torch.full((other.rows, other.ldy), float("nan"), dtype=torch.bfloat16, device="cuda")
+
+    def args(lay, out, stream, part):
+        return dict(problems=lay.d_table.data_ptr(), info=lay.info, row_offsets=lay.d_row_offsets.data_ptr(),
+                    n_groups=5, max_rows=lay.rows, acts=lay.acts_tuple(), y=out.data_ptr(), ldy=lay.ldy,
+                    workspace=lay.workspace.data_ptr(), workspace_bytes=lay.workspace_bytes, stream=stream,
+                    part=part)
+
+    with torch.cuda.stream(side):
+        _cuda.gemm_fused(**args(layer, y, side.cuda_stream, "schedule"))
+        scheduled.record(side)
+        _cuda.gemm_fused(**args(other, y_other, side.cuda_stream, "schedule"))
+    main.wait_event(scheduled)
+    _cuda.gemm_fused(**args(layer, y, main.cuda_stream, "compute"))
+    main.wait_stream(side)
+    _cuda.gemm_fused(**args(other, y_other, main.cuda_stream, "compute"))
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(y.float().cpu().numpy(), whole)
+    _check(other, y_other.float().cpu().numpy(), _tol("w4a16_g128_asym"), "second schedule, own workspace")
+
+
+@needs_gpu
 def test_gemm_fused_cuda_graph():
     """The pair of launches is graph-capturable and reads the rows per expert from the device at replay time."""
     torch = _torch()
@@ -412,6 +449,19 @@ def test_gemm_fused_bad_split_cost(value, monkeypatch):
     monkeypatch.setenv("MXMOE_GEMM_SPLIT_COST", value)
     with pytest.raises(ValueError, match="MXMOE_GEMM_SPLIT_COST"):
         _cuda.gemm_fused(**_fused_args())
+
+
+@pytest.mark.parametrize("part", ["", "ALL", "gemm", "compute "])
+def test_gemm_fused_bad_part(part):
+    with pytest.raises(ValueError, match="part="):
+        _cuda.gemm_fused(**_fused_args(part=part))
+
+
+def test_gemm_fused_part_checks_like_all():
+    """Each half checks its arguments as the whole call does, before any launch."""
+    for part in ("schedule", "compute"):
+        with pytest.raises(ValueError, match="ldy=64"):
+            _cuda.gemm_fused(**_fused_args(ldy=64, part=part))
 
 
 def test_gemm_fused_int8_needs_scales():

@@ -81,6 +81,7 @@ def test_workspace_layout():
     assert layout["h_int8"] == ((rows, I), "int8")
     assert "h_bf16" not in layout and "h_int4" not in layout
     assert layout["route_workspace"] == ((1000,), "uint8") and layout["gemm_workspace"] == ((3000,), "uint8")
+    assert layout["gemm_workspace_down"] == ((3000,), "uint8")
     empty = workspace_layout(0, k, E, 0, H, I, 1, 1)
     assert empty["perm_token"] == ((0,), "int32") and empty["row_offsets"] == ((E + 1,), "int32")
 
