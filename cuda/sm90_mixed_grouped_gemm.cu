@@ -208,8 +208,9 @@ static_assert(sizeof(TileGroup) == 96, "TileGroup is a 96-byte record");
 /* Split tail (stream-K for launches that leave CTAs idle).  With fewer tiles N than CTAs C — decode of a few
  * experts with long K — the decode stream tiles after the last problem that cannot be split (the "tail": all of
  * them, usually) are cut along K: their k-chunks are laid end to end (Q chunks, tile after tile in rank order) and
- * split into P = min(C, Q) equal pieces, claimed after the whole tiles.  A piece may cover the end of one tile and
- * the start of the next: one segment per tile it touches.
+ * split into P = min(C - W, Q) equal pieces, W the whole tiles before the tail: those take the first W claims and
+ * the pieces the next P, one claim per CTA.  A piece may cover the end of one tile and the start of the next: one
+ * segment per tile it touches.
  *
  *   claim ids:  0 ............ tail_start | tail_start ... tail_start + P   (= total)
  *               whole tiles                pieces j: tail chunks [jQ/P, (j+1)Q/P)
@@ -1396,7 +1397,11 @@ __global__ void __launch_bounds__(1024)
     // together ~kSplitCostChunks chunks of streaming (measured on the H100: splitting the 6-8-chunk tiles of
     // Qwen1.5-MoE / DeepSeek-V2-Lite at 1 token lost up to 25 %, the 56-chunk tiles of Mixtral's down projection
     // at 1 and 4 tokens ran 1.6x and 1.3x faster).
-    const int pieces = min(ctas, tail_chunks), tail_tiles = total_tiles - tail_start;
+    // One piece per CTA that no whole tile keeps busy: the first tail_start claims take the whole tiles, the next
+    // ones the pieces, so every CTA makes one claim and no piece queues behind a whole tile (cutting the tail into
+    // `ctas` pieces did, and measured slower than no split on Mixtral's mixed decode plans: down projection at 16
+    // tokens 244 -> 276 µs).  tail_start <= total_tiles < ctas wherever tail_chunks > 0.
+    const int pieces = min(ctas - tail_start, tail_chunks), tail_tiles = total_tiles - tail_start;
     const bool worth_it = pieces > 0 &&
                           (int64_t)((tail_chunks + pieces - 1) / pieces + split_cost) * tail_tiles < tail_chunks;
     if (tid == 0) {
