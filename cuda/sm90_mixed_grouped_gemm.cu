@@ -1392,18 +1392,19 @@ __global__ void __launch_bounds__(1024)
     const int tail_chunks = warp_sums[31];
     if (tid < n_problems) sched.chunk_start[tid + 1] = tail_chunks_end;
     for (int i = tid; i < total_tiles - tail_start; i += blockDim.x) sched.arrivals[i] = 0;  // < ctas tiles
-    // Worth it only when a piece is much shorter than the tiles it replaces: a segment pays a tile start (first
-    // chunks' memory latency, the activation slice) and a split tile a finish (slots written, fenced, summed),
-    // together ~kSplitCostChunks chunks of streaming (measured on the H100: splitting the 6-8-chunk tiles of
-    // Qwen1.5-MoE / DeepSeek-V2-Lite at 1 token lost up to 25 %, the 56-chunk tiles of Mixtral's down projection
-    // at 1 and 4 tokens ran 1.6x and 1.3x faster).
     // One piece per CTA that no whole tile keeps busy: the first tail_start claims take the whole tiles, the next
     // ones the pieces, so every CTA makes one claim and no piece queues behind a whole tile (cutting the tail into
     // `ctas` pieces did, and measured slower than no split on Mixtral's mixed decode plans: down projection at 16
     // tokens 244 -> 276 µs).  tail_start <= total_tiles < ctas wherever tail_chunks > 0.
     const int pieces = min(ctas - tail_start, tail_chunks), tail_tiles = total_tiles - tail_start;
-    const bool worth_it = pieces > 0 &&
-                          (int64_t)((tail_chunks + pieces - 1) / pieces + split_cost) * tail_tiles < tail_chunks;
+    // Worth it only when a piece is much shorter than the tiles it replaces: a segment pays a tile start (first
+    // chunks' memory latency, the activation slice) and a split tile a finish (slots written, fenced, summed),
+    // together ~kSplitCostChunks chunks of streaming, and the predicted time must drop by a fifth at least
+    // (measured on the H100: splitting the 6-8-chunk tiles of Qwen1.5-MoE / DeepSeek-V2-Lite at 1 token lost up to
+    // 25 %, the 56-chunk tiles of Mixtral's down projection at 1 and 4 tokens ran 1.6x and 1.3x faster, and at 16
+    // tokens, pieces of 48 + 6 chunks for tiles of 56, the layer ran ~10 % slower).
+    const int64_t piece_cost = (tail_chunks + pieces - 1) / pieces + split_cost;
+    const bool worth_it = pieces > 0 && 5 * piece_cost * tail_tiles <= 4 * (int64_t)tail_chunks;
     if (tid == 0) {
         sched.tile_start[0] = 0;
         sched.chunk_start[0] = 0;
