@@ -111,7 +111,7 @@ MX_API enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, cons
                                          void *d_workspace, size_t workspace_bytes, void *stream, mx_error *err);
 
 /* mx_cuda_gemm_fused's two launches one at a time, for callers that take the schedule off the critical path
- * (mxmoe.cuda_ops computes both GEMMs' schedules on a second stream while the activations are gathered).  Same
+ * (mxmoe.cuda_ops computes both GEMMs' schedules on two side streams while the activations are gathered).  Same
  * arguments and checks.  MX_CUDA_GEMM_SCHEDULE launches only the one-block schedule kernel, which writes the tile
  * schedule into `workspace` and reads only the problems and the row offsets; MX_CUDA_GEMM_COMPUTE launches only the
  * GEMM, which claims that schedule's tiles.  The caller orders every COMPUTE after one SCHEDULE with the same
