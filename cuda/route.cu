@@ -42,7 +42,7 @@ bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 constexpr int kRouteTile = 1024;       // (token, slot) pairs per tile (block) of the routing kernels
 constexpr int kRouteThreads = 256;     // threads per routing block: a tile takes kRouteTile / kRouteThreads rounds
 constexpr int kRouteWarps = kRouteThreads / 32;
-constexpr int kRowThreads = 256;       // threads per row of the gather / act-mul / combine kernels
+constexpr int kRowThreads = 256;       // threads per row (at most, row_threads_for) of the row kernels
 constexpr int kChunk = 8;              // bf16 values per 16-byte access
 constexpr int kCombineSlots = 8;       // routed slots per token the combine kernel keeps in registers
 
@@ -623,9 +623,21 @@ __global__ void __launch_bounds__(kRowThreads) combine_kernel(
 // Launch helpers: row kernels are instantiated for VPT = 1, 2, 4, 8, 16 chunks of 8 per thread (K <= 32768).
 // ---------------------------------------------------------------------------------------------------------------
 
-int vpt_for(int64_t K) {
-    const int64_t chunks = (K + kChunk * kRowThreads - 1) / (kChunk * kRowThreads);
+int vpt_for(int64_t K, int threads = kRowThreads) {
+    const int64_t chunks = (K + kChunk * threads - 1) / (kChunk * threads);
     return chunks <= 1 ? 1 : chunks <= 2 ? 2 : chunks <= 4 ? 4 : chunks <= 8 ? 8 : 16;
+}
+
+// Threads per row of the one-row-per-block quantizing kernels (gather + quant, act·up + quant without Hadamard).
+// Many rows (prefill): the fewest of 64 / 128 / 256 that keep VPT <= 8.  With 256 a row of Qwen1.5-MoE's I = 1408
+// left 80 threads idle and 48 registers per thread allowed 5 rows per SM, too few bytes in flight (act·up + quant
+// at 8192 tokens: 434 µs for 461 MB); 64 threads of VPT 4 hold 12 rows per SM (w8a8 layer 2942 -> 2835 µs).  Few rows
+// (decode): 256, each thread's chain of SiLU / quantization work is then 4x shorter (64 threads cost the w8a8 layer
+// at 1-16 tokens +10 µs).  kManyRows: more rows than 256-thread blocks hold at once on an H100 (~1000).
+constexpr int64_t kManyRows = 2048;
+int row_threads_for(int64_t K, int64_t n_rows) {
+    if (n_rows < kManyRows) return kRowThreads;
+    return K <= 64 * kChunk * 8 ? 64 : K <= 128 * kChunk * 8 ? 128 : kRowThreads;
 }
 
 enum mx_status check_act_buffers(const mx_cuda_act_buffers *out, int64_t K, const char *fn, mx_error *err) {
@@ -730,11 +742,12 @@ extern "C" enum mx_status mx_cuda_gather_quant(const uint16_t *d_hidden, int64_t
     if (n_rows == 0) return MX_OK;
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const dim3 grid(static_cast<unsigned>(n_rows));
-    switch (vpt_for(K)) {
+    const int threads = row_threads_for(K, n_rows);
+    switch (vpt_for(K, threads)) {
 #define MX_GATHER_CASE(V)                                                                                         \
     case V:                                                                                                       \
-        gather_quant_kernel<V><<<grid, kRowThreads, 0, s>>>(d_hidden, ld_hidden, K, d_perm_token, d_row_offsets,  \
-                                                            n_groups, d_group_formats, *out);                    \
+        gather_quant_kernel<V><<<grid, threads, 0, s>>>(d_hidden, ld_hidden, K, d_perm_token, d_row_offsets,      \
+                                                        n_groups, d_group_formats, *out);                        \
         break;
         MX_GATHER_CASE(1) MX_GATHER_CASE(2) MX_GATHER_CASE(4) MX_GATHER_CASE(8) MX_GATHER_CASE(16)
 #undef MX_GATHER_CASE
@@ -777,7 +790,9 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
         return route_check_launch(fn, err);
     }
     const dim3 grid(static_cast<unsigned>(n_rows));
-    switch (vpt_for(I)) {
+    // The Hadamard's butterflies keep 256 threads per row (a barrier per stage: fewer threads, longer rows)
+    const int threads = hadamard ? kRowThreads : row_threads_for(I, n_rows);
+    switch (vpt_for(I, threads)) {
 #define MX_ACT_CASE(V)                                                                                            \
     case V:                                                                                                       \
         if (smem > 48 * 1024) { /* the Hadamard row of I > 12k floats: opt in to more shared memory */           \
@@ -787,9 +802,9 @@ extern "C" enum mx_status mx_cuda_act_mul_quant(const uint16_t *d_gate_up, int64
                 return mx_error_set(err, MX_ERR_CUDA, "%s: %zu bytes of shared memory for the Hadamard of I=%lld: %s",\
                                    fn, smem, (long long)I, cudaGetErrorString(code));                             \
         }                                                                                                         \
-        act_mul_quant_kernel<V><<<grid, kRowThreads, smem, s>>>(d_gate_up, ld_gate_up, I, d_row_offsets,         \
-                                                                n_groups, d_group_formats, had, hadamard != 0,   \
-                                                                *out);                                           \
+        act_mul_quant_kernel<V><<<grid, threads, smem, s>>>(d_gate_up, ld_gate_up, I, d_row_offsets,             \
+                                                            n_groups, d_group_formats, had, hadamard != 0,       \
+                                                            *out);                                               \
         break;
         MX_ACT_CASE(1) MX_ACT_CASE(2) MX_ACT_CASE(4) MX_ACT_CASE(8) MX_ACT_CASE(16)
 #undef MX_ACT_CASE

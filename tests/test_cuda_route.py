@@ -154,7 +154,8 @@ def check_quantized(b: dict, rows_f32: np.ndarray, row_ids: np.ndarray, formats:
                                       err_msg=f"{what}: {key} values")
 
 
-@pytest.mark.parametrize("T,K", [(1, 256), (37, 2048), (20, 4104), (3, 14336)])
+# T = 700: > 2048 rows, the prefill launch (64 or 128 threads per row instead of 256)
+@pytest.mark.parametrize("T,K", [(1, 256), (37, 2048), (20, 4104), (3, 14336), (700, 2048), (700, 4104)])
 def test_route_gather_quant(T, K):
     rng = np.random.default_rng(T + K)
     hidden = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32) * 3).to(torch.bfloat16).to(DEV)
@@ -229,14 +230,17 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return torch.from_numpy(np.asarray(x, np.float32)).to(torch.bfloat16).float().numpy()
 
 
-@pytest.mark.parametrize("I,m", [(128, None), (1408, None), (128, 1), (768, 12), (1408, 44), (2048, 1)])
-def test_route_act_mul_quant(I, m):
+# 2100 rows: the prefill launch (64 threads per row for I <= 4096, 128 up to 8192, instead of 256)
+@pytest.mark.parametrize("I,m,n_rows", [(128, None, 19), (1408, None, 19), (5120, None, 19), (1408, None, 2100),
+                                        (5120, None, 2100), (128, 1, 19), (768, 12, 19), (1408, 44, 19),
+                                        (2048, 1, 19), (1408, 44, 2100)])
+def test_route_act_mul_quant(I, m, n_rows):
     rng = np.random.default_rng(I)
-    n_rows = 19
+    kept = n_rows - 2  # the last two rows lie past the last group: dropped
     gate_up = torch.from_numpy(rng.standard_normal((n_rows, 2 * I)).astype(np.float32) * 2).to(torch.bfloat16)
     gate_up[4] = 0
     gate_up = gate_up.to(DEV)
-    row_offsets = torch.tensor([0, 10, 17], dtype=torch.int32, device=DEV)  # rows 17, 18: dropped
+    row_offsets = torch.tensor([0, 10, kept], dtype=torch.int32, device=DEV)
     all_fmt = 0b1111
     b, tup = act_buffers(n_rows, I, all_fmt)
     had = None
@@ -252,12 +256,13 @@ def test_route_act_mul_quant(I, m):
                                 _stream())
     torch.cuda.synchronize()
     got = b["bf16"].float().cpu().numpy()
-    scale = np.maximum(np.abs(want[:17]).max(axis=1, keepdims=True), 1e-30)
-    assert np.all(np.abs(got[:17] - want[:17]) <= BF16_ULP_REL * np.maximum(np.abs(want[:17]), scale * 1e-3)), \
+    w = want[:kept]
+    scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-30)
+    assert np.all(np.abs(got[:kept] - w) <= BF16_ULP_REL * np.maximum(np.abs(w), scale * 1e-3)), \
         f"SiLU·mul{' + Hadamard' if m else ''} differs from the f64 reference by more than one bf16 ulp"
-    assert np.all(got[17:] == 0) and np.all(got[4] == 0)
+    assert np.all(got[kept:] == 0) and np.all(got[4] == 0)
     # quantized copies are the C reference's quantization of the bf16 values the kernel wrote
-    check_quantized(b, got[:17], np.arange(17), all_fmt, f"act_mul I={I}")
+    check_quantized(b, got[:kept], np.arange(kept), all_fmt, f"act_mul I={I}")
 
 
 @pytest.mark.parametrize("I", [1408, 14336 + 8])
