@@ -12,8 +12,10 @@ cached on the module; the online Hadamard of down's inputs follows the module's 
 
 Everything that can be decided once is decided in the constructor: packed weights are uploaded, the device problem
 tables of the two fused launches are built, and the activation formats each expert group reads are fixed.
-Per call the host work is O(1) Python plus 6-7 kernel launches on the current stream; scratch buffers are cached
-for the largest token count seen so far (warm up with the largest T before capturing a CUDA graph).
+Per call the host work is O(1) Python plus 6-7 kernel launches on the current stream, and the two GEMMs' one-block
+schedule kernels on two side streams that fork from it after the routing and join it before the first GEMM (they
+run beside the gather; capturable in a CUDA graph like the rest); scratch buffers are cached for the largest token
+count seen so far (warm up with the largest T before capturing a CUDA graph).
 
 Shared experts are expert groups whose rows are all T tokens.  A shared expert wider than the routed ones
 (Qwen1.5-MoE: 5632 = 4 x 1408) is split along its intermediate dimension into chunks of the routed width I (gate/up
