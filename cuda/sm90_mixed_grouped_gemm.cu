@@ -1214,6 +1214,17 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
         job.n0 = n_tile * grp.bn;
         return job;
     };
+    // The last rank r with start(r) <= x: a binary search over the n_problems + 1 non-decreasing entries of a prefix
+    // sum in rank order (tile_start for a tile id, chunk_start for a tail chunk).
+    auto last_rank_at_most = [&](auto start, int x) {
+        int lo = 0, hi = n_problems;
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) >> 1;
+            if (start(mid) <= x) lo = mid;
+            else hi = mid;
+        }
+        return lo;
+    };
     // The piece that holds tail chunk x: the last j with floor(jQ / P) <= x.
     auto piece_of = [&](int x) { return (int)(((int64_t)(x + 1) * pieces - 1) / tail_chunks); };
     int tile = claimed;
@@ -1222,15 +1233,9 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
         if (threadIdx.x == 0) next = atomicAdd(sched.counter, 1);  // awaited only after this tile
 
         if (tile < tail_start) {  // a whole tile
-            // rank = the last r with tile_start[r] <= tile (binary search over n_problems + 1 entries)
-            int lo = 0, hi = n_problems;
-            while (hi - lo > 1) {
-                const int mid = (lo + hi) >> 1;
-                if (tile_start(mid) <= tile) lo = mid;
-                else hi = mid;
-            }
-            const TileJob job = job_of(lo, tile);
-            const bool fat = sched.groups[lo].fat != 0;
+            const int rank = last_rank_at_most(tile_start, tile);
+            const TileJob job = job_of(rank, tile);
+            const bool fat = sched.groups[rank].fat != 0;
             switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
 #define MX_CASE(ID) case ID: run_tile_any<ID, V>(fat, job, acts, y, ldy, smem); break;
                 MX_FOR_EACH_SCHEME(MX_CASE)
@@ -1241,15 +1246,10 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
             const int j = tile - tail_start;
             const int x_end = (int)((int64_t)(j + 1) * tail_chunks / pieces);
             for (int x = (int)((int64_t)j * tail_chunks / pieces); x < x_end;) {
-                int lo = 0, hi = n_problems;  // rank = the last r with chunk_start[r] <= x
-                while (hi - lo > 1) {
-                    const int mid = (lo + hi) >> 1;
-                    if (sched.chunk_start[mid] <= x) lo = mid;
-                    else hi = mid;
-                }
-                const int chunks = sched.groups[lo].chunks;
-                const int rel = x - sched.chunk_start[lo];  // tail chunks of this rank before x
-                const int tail_tile = max(tile_start(lo), tail_start) + rel / chunks;
+                const int rank = last_rank_at_most([&](int r) { return sched.chunk_start[r]; }, x);
+                const int chunks = sched.groups[rank].chunks;
+                const int rel = x - sched.chunk_start[rank];  // tail chunks of this rank before x
+                const int tail_tile = max(tile_start(rank), tail_start) + rel / chunks;
                 const int tile_x0 = x - rel % chunks;  // the tile's first tail chunk
                 const int seg_end = min(x_end, tile_x0 + chunks);
                 const int tt = tail_tile - tail_start;
@@ -1262,7 +1262,7 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
                 seg.first_ordinal = j0 + tt;
                 seg.arrival = sched.arrivals + tt;
                 seg.slots = sched.slots;
-                const TileJob job = job_of(lo, tail_tile);
+                const TileJob job = job_of(rank, tail_tile);
                 switch (job.problem->scheme_id) {
 #define MX_CASE(ID) case ID: run_stream_segment<ID, V>(job, seg, acts, y, ldy, smem); break;
                     MX_FOR_EACH_SCHEME(MX_CASE)
