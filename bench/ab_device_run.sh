@@ -5,6 +5,7 @@
 # back to back by bench/bench_gemm.py (graph-replayed), optionally the whole layer too; SASS of both objects and the
 # SM clock during the runs (nvidia-smi, 100 ms) under $OUT.
 # VARIANTS="cost0:MXMOE_GEMM_SPLIT_COST=0 ..." times the new build again under each setting.
+# NOSPLIT=0 skips the run of the new build without the split tail.
 # TESTS=1 runs the GPU tests of the new build first; NCU="<gemm_probe.py specs>" adds an Nsight Compute summary of
 # both builds' fused kernel on those launches.  Everything comes back as $OUT/ab.tgz.
 # Usage (device machine, repository root): BENCH_ARGS="--tokens 1,16 --schemes w4a16_g128_asym" LAYER=1 \
@@ -46,7 +47,7 @@ run() {  # name, tree, extra env
 }
 run old /tmp/old
 run new $PWD
-run new-nosplit $PWD MXMOE_GEMM_SPLIT_TAIL=0
+[ "${NOSPLIT:-1}" != 0 ] && run new-nosplit $PWD MXMOE_GEMM_SPLIT_TAIL=0
 for v in ${VARIANTS:-}; do run new-${v%%:*} $PWD ${v#*:}; done  # name:ENV=value (settings of the new build)
 run old2 /tmp/old
 kill $SMI

@@ -29,6 +29,11 @@ __device__ __forceinline__ uint32_t smem_u32(const void *p) {
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
+// 4-byte global -> shared copy (.ca: the only cp.async form below 16 bytes), zero-filling like cp_async16: the
+// per-row activation scales of a tile, whose rows start at any 4-byte boundary.
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
 // Close the group of cp.async issued since the last commit (one group = one pipeline stage).
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Wait until at most N groups are still in flight: with N = stages - 2 the oldest stage has landed.

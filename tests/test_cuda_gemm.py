@@ -248,15 +248,17 @@ def test_gemm_fused_split_runs(cost, monkeypatch):
 @needs_gpu
 @pytest.mark.parametrize("scheme_name", ["w8a8_g-1_sym", "w8a8_g-1_sym_fp8"])
 @pytest.mark.parametrize("k", [160, 4128])
-def test_gemm_fused_prefill_wgmma(scheme_name, k):
+@pytest.mark.parametrize("ldy_extra", [16, 2])
+def test_gemm_fused_prefill_wgmma(scheme_name, k, ldy_extra):
     """The prefill variant's wgmma tiles (128 rows × 256 columns on sm_90a; mma.sync elsewhere): M tails (300 = 2·128
     + 44, 129 = 128 + 1), a 1-row expert (thin tile) in the same launch, N = 400 = 256 + 144, and K ending inside
-    a 128-byte stage (160 = 128 + 32, 4128 = 32·128 + 32)."""
+    a 128-byte stage (160 = 128 + 32, 4128 = 32·128 + 32).  Y rows of 416 columns (the epilogue's 16-byte stores)
+    and of 402 (ldy % 8 != 0: its 4-byte stores); NaN in the 2 or 16 columns past N must stay untouched."""
     expert_rows = [300, 0, 129, 1]  # 107.5 rows per expert on average: the prefill variant
     x = _random_x(sum(expert_rows), k, seed=40 + k)
     problems = [(scheme_name, e, 400, 0) for e in range(len(expert_rows))]
-    layer = Layer(x, expert_rows, problems, seed=50)
-    _check(layer, layer.run(), _tol(scheme_name), f"{scheme_name=}, {k=}")
+    layer = Layer(x, expert_rows, problems, seed=50, ldy_extra=ldy_extra)
+    _check(layer, layer.run(), _tol(scheme_name), f"{scheme_name=}, {k=}, ldy={layer.ldy}")
 
 
 @needs_gpu
