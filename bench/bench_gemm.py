@@ -118,13 +118,16 @@ def scheme_weights(scheme_name: str, experts: int, n: int, k: int) -> dict:
 def activations(rows: int, k: int) -> dict:
     dev = "cuda"
     rows = max(rows, 1)
-    return {
+    acts = {
         "bf16": torch.randn(rows, k, dtype=torch.bfloat16, device=dev),
         "int8": torch.randint(-127, 128, (rows, k), dtype=torch.int8, device=dev),
         "fp8": torch.randn(rows, k, device=dev).to(torch.float8_e4m3fn).view(torch.uint8),
         "int4": torch.randint(0, 256, (rows, k // 2), dtype=torch.uint8, device=dev),
         "scale": torch.rand(rows, device=dev) * 0.01 + 1e-3,
     }
+    # the int8 rows' code sums, which the layer's quantizing gather / act-mul write beside the codes
+    acts["rowsum_int8"] = acts["int8"].sum(dim=1, dtype=torch.int32)
+    return acts
 
 
 class FusedCall:
@@ -146,7 +149,7 @@ class FusedCall:
         self.args = dict(problems=self.d_table.data_ptr(), info=self.info, row_offsets=row_offsets.data_ptr(),
                          n_groups=n_groups, max_rows=rows,
                          acts=(acts["bf16"].data_ptr(), acts["int8"].data_ptr(), acts["fp8"].data_ptr(),
-                               acts["int4"].data_ptr(), scale, scale, scale, k),
+                               acts["int4"].data_ptr(), scale, scale, scale, k, acts["rowsum_int8"].data_ptr()),
                          y=y.data_ptr(), ldy=y.shape[1], workspace=self.workspace.data_ptr(),
                          workspace_bytes=self.workspace_bytes)
 

@@ -120,15 +120,18 @@ static PyObject *py_gemm_workspace_bytes(PyObject *self, PyObject *args) {
     return PyLong_FromSize_t(mx_cuda_gemm_workspace_bytes((int64_t)max_rows, (int32_t)n_problems));
 }
 
-// acts: (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld) device pointers (0 = absent) + row stride
+// acts: (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld[, rowsum_int8]) device pointers (0 = absent) +
+// row stride, and optionally the int8 rows' code sums
 static int parse_acts(PyObject *obj, mx_cuda_activations *acts) {
-    unsigned long long p[7];
+    unsigned long long p[7], rowsum = 0;
     long long ld;
-    if (!PyTuple_Check(obj) ||
-        !PyArg_ParseTuple(obj, "KKKKKKKL", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &ld)) {
+    const Py_ssize_t size = PyTuple_Check(obj) ? PyTuple_GET_SIZE(obj) : -1;
+    if ((size != 8 && size != 9) ||
+        !PyArg_ParseTuple(obj, "KKKKKKKL|K", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &ld, &rowsum)) {
         PyErr_Clear();
         PyErr_SetString(PyExc_TypeError, "acts must be a tuple (bf16_ptr, int8_ptr, fp8_ptr, int4_ptr, "
-                                         "scale_int8_ptr, scale_fp8_ptr, scale_int4_ptr, ld) of ints");
+                                         "scale_int8_ptr, scale_fp8_ptr, scale_int4_ptr, ld[, rowsum_int8_ptr]) of "
+                                         "ints");
         return 0;
     }
     acts->d_bf16 = (const uint16_t *)(uintptr_t)p[0];
@@ -139,6 +142,7 @@ static int parse_acts(PyObject *obj, mx_cuda_activations *acts) {
     acts->d_scale_fp8 = (const float *)(uintptr_t)p[5];
     acts->d_scale_int4 = (const float *)(uintptr_t)p[6];
     acts->ld = ld;
+    acts->d_rowsum_int8 = (const int32_t *)(uintptr_t)rowsum;
     return 1;
 }
 

@@ -71,6 +71,8 @@ typedef struct mx_cuda_activations {
     const uint8_t *d_int4;   /* [rows, K/2] */
     const float *d_scale_int8, *d_scale_fp8, *d_scale_int4; /* [rows] */
     int64_t ld;              /* row stride in elements of K (bf16/int8/fp8); int4 rows are ld/2 bytes */
+    const int32_t *d_rowsum_int8; /* [rows] Σ_k of each row's int8 codes, or NULL: the w8a8 (int8) wgmma tiles then
+                                     sum them from their own stages (measured 17-35 % of those tiles' time) */
 } mx_cuda_activations;
 
 /* ---- fused mixed-precision grouped GEMM (cuda/sm90_mixed_grouped_gemm.cu) ----

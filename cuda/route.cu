@@ -92,6 +92,19 @@ __device__ __forceinline__ float block_max(float v, float *scratch) {
     return m;
 }
 
+// sum over the block (every thread gets the result); `scratch` holds one int per warp.
+__device__ __forceinline__ int32_t block_sum(int32_t v, int32_t *scratch) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads(); // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int32_t s = scratch[0];
+    for (int w = 1; w < int(blockDim.x / 32); ++w) s += scratch[w];
+    return s;
+}
+
 // Group of row r: the g with row_offsets[g] <= r < row_offsets[g + 1], or -1 past row_offsets[n_groups].
 __device__ __forceinline__ int find_group(const int32_t *row_offsets, int n_groups, int64_t r) {
     if (r >= row_offsets[n_groups]) return -1;
@@ -114,13 +127,16 @@ __device__ __forceinline__ float quant_scale(float amax, float qmax) {
 // Per-token symmetric quantization of one row held as VPT chunks of 8 values per thread (chunk v of thread t
 // covers elements (v·blockDim + t)·8 ...).  `valid[v]` says whether the chunk lies inside the row.
 // Semantics of mx_quantize_activations: scale = max|x| / qmax (an all-zero row: scale 1), q = round-half-even
-// (x / scale) clamped to ±qmax; e4m3 = saturating round-to-nearest-even of x / scale.
+// (x / scale) clamped to ±qmax; e4m3 = saturating round-to-nearest-even of x / scale.  With d_rowsum_int8, also the
+// sum of the row's int8 codes.  Called by the whole block (formats is block-uniform); `scratch`: one int per warp.
 template <int VPT>
 __device__ __forceinline__ void store_quantized(const float (&x)[VPT][kChunk], const bool (&valid)[VPT], float amax,
-                                                int64_t row, int formats, const mx_cuda_act_buffers &out) {
+                                                int64_t row, int formats, const mx_cuda_act_buffers &out,
+                                                int32_t *scratch) {
     if ((formats & (1 << MX_CUDA_ACT_INT8)) && out.d_int8) {
         const float scale = quant_scale(amax, 127.f);
         int8_t *dst = out.d_int8 + row * out.ld;
+        int32_t code_sum = 0;
 #pragma unroll
         for (int v = 0; v < VPT; ++v) {
             if (!valid[v]) continue;
@@ -128,12 +144,17 @@ __device__ __forceinline__ void store_quantized(const float (&x)[VPT][kChunk], c
 #pragma unroll
             for (int i = 0; i < kChunk; ++i) {
                 const float q = fminf(fmaxf(rintf(x[v][i] / scale), -127.f), 127.f);
+                code_sum += int32_t(q);
                 w[i / 4] |= (uint32_t(int32_t(q)) & 0xffu) << (8 * (i % 4));
             }
             const int64_t col = (int64_t(v) * blockDim.x + threadIdx.x) * kChunk;
             *reinterpret_cast<uint2 *>(dst + col) = make_uint2(w[0], w[1]);
         }
         if (threadIdx.x == 0) out.d_scale_int8[row] = scale;
+        if (out.d_rowsum_int8) {
+            code_sum = block_sum(code_sum, scratch);
+            if (threadIdx.x == 0) out.d_rowsum_int8[row] = code_sum;
+        }
     }
     if ((formats & (1 << MX_CUDA_ACT_FP8)) && out.d_fp8) {
         const float scale = quant_scale(amax, MX_FP8_E4M3_MAX);
@@ -368,6 +389,7 @@ __global__ void __launch_bounds__(kRowThreads) gather_quant_kernel(
     const int32_t *__restrict__ row_offsets, int n_groups, const uint8_t *__restrict__ group_formats,
     mx_cuda_act_buffers out) {
     __shared__ float scratch[kRowThreads / 32];
+    __shared__ int32_t sum_scratch[kRowThreads / 32];
     const int64_t row = blockIdx.x;
     // The row's loads wait only for its token; the binary search for its group (a chain of dependent loads) runs
     // while they are in flight.  Rows past the last group are written as zeros.
@@ -401,7 +423,7 @@ __global__ void __launch_bounds__(kRowThreads) gather_quant_kernel(
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) amax = fmaxf(amax, fabsf(x[v][i]));
     amax = block_max(amax, scratch);
-    store_quantized<VPT>(x, valid, amax, row, formats, out);
+    store_quantized<VPT>(x, valid, amax, row, formats, out, sum_scratch);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -478,6 +500,7 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
     mx_cuda_act_buffers out) {
     extern __shared__ float had_smem[];
     __shared__ float scratch[kRowThreads / 32];
+    __shared__ int32_t sum_scratch[kRowThreads / 32];
     const int64_t row = blockIdx.x;
     // Every load of the row is issued first (a loop that used each pair of loads at once ran them in ~VPT round
     // trips); the binary search for the row's group, a chain of dependent loads, runs while they are in flight.
@@ -519,7 +542,7 @@ __global__ void __launch_bounds__(kRowThreads) act_mul_quant_kernel(
     }
     if (formats == (1 << MX_CUDA_ACT_BF16)) return;
     amax = block_max(amax, scratch);
-    store_quantized<VPT>(x, valid, amax, row, formats, out);
+    store_quantized<VPT>(x, valid, amax, row, formats, out, sum_scratch);
 }
 
 // bf16 output only and no Hadamard (weight-only plans): SiLU(gate)·up is elementwise, so a row is spread over
@@ -656,6 +679,10 @@ enum mx_status check_act_buffers(const mx_cuda_act_buffers *out, int64_t K, cons
     if ((out->d_int8 && !out->d_scale_int8) || (out->d_fp8 && !out->d_scale_fp8) ||
         (out->d_int4 && !out->d_scale_int4))
         return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: a quantized output is given without its scale buffer", fn);
+    if (out->d_rowsum_int8 && !out->d_int8)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: int8 row sums are requested without int8 codes", fn);
+    if (out->d_rowsum_int8 && ((uintptr_t)out->d_rowsum_int8 & 3u))
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%s: the int8 row-sum buffer is not 4-byte aligned", fn);
     return MX_OK;
 }
 

@@ -42,6 +42,8 @@ typedef struct mx_cuda_act_buffers {
     float *d_scale_fp8;  /* [n_rows] */
     float *d_scale_int4; /* [n_rows] */
     int64_t ld;          /* row stride in elements (>= K, even) */
+    int32_t *d_rowsum_int8; /* [n_rows] Σ_k of the row's int8 codes, or NULL (needs d_int8): the zero-point term
+                               of the w8a8 GEMM's wgmma tiles, summed once per row here instead of once per tile */
 } mx_cuda_act_buffers;
 
 /* Online randomized Hadamard transform of a row of n = m·2^p values: y = (B_m ⊗ H_{2^p}) · diag(signs) · x / √n,

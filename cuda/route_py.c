@@ -5,23 +5,27 @@
  * (ValueError for arguments, RuntimeError for CUDA failures).  Shape / dtype / device checks of the tensors live in
  * mxmoe/cuda_ops.py, which owns the buffers; the C entry points re-check sizes, alignment and NULLs.
  *
- * Activation buffers are passed as one tuple (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld) of
- * pointers (0 = format not produced) and the row stride in elements. */
+ * Activation buffers are passed as one tuple (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld[,
+ * rowsum_int8]) of pointers (0 = format not produced), the row stride in elements and, optionally, an int32 [rows]
+ * buffer for the int8 rows' code sums. */
 #include "binding_cuda_py.h"
 #include "route.cuh"
 
 static void *as_ptr(unsigned long long value) { return (void *)(uintptr_t)value; }
 
-/* (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld) -> mx_cuda_act_buffers; 0 with an exception. */
+/* (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld[, rowsum_int8]) -> mx_cuda_act_buffers; 0 with an
+ * exception. */
 static int parse_act_buffers(PyObject *obj, mx_cuda_act_buffers *out) {
-    unsigned long long p[7];
+    unsigned long long p[7], rowsum = 0;
     long long ld;
-    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 8) {
+    if (!PyTuple_Check(obj) || (PyTuple_GET_SIZE(obj) != 8 && PyTuple_GET_SIZE(obj) != 9)) {
         PyErr_SetString(PyExc_TypeError, "buffers must be a tuple (bf16, int8, fp8, int4, scale_int8, scale_fp8, "
-                                         "scale_int4, ld) of device pointers (0 = not produced) and the row stride");
+                                         "scale_int4, ld[, rowsum_int8]) of device pointers (0 = not produced) and "
+                                         "the row stride");
         return 0;
     }
-    if (!PyArg_ParseTuple(obj, "KKKKKKKL", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &ld)) return 0;
+    if (!PyArg_ParseTuple(obj, "KKKKKKKL|K", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &ld, &rowsum))
+        return 0;
     out->d_bf16 = (uint16_t *)as_ptr(p[0]);
     out->d_int8 = (int8_t *)as_ptr(p[1]);
     out->d_fp8 = (uint8_t *)as_ptr(p[2]);
@@ -30,6 +34,7 @@ static int parse_act_buffers(PyObject *obj, mx_cuda_act_buffers *out) {
     out->d_scale_fp8 = (float *)as_ptr(p[5]);
     out->d_scale_int4 = (float *)as_ptr(p[6]);
     out->ld = ld;
+    out->d_rowsum_int8 = (int32_t *)as_ptr(rowsum);
     return 1;
 }
 

@@ -1023,8 +1023,11 @@ __device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activati
  *   producer warp with mbarriers instead of every warp issuing cp.async (bench/NOTES-gpu.md).
  *
  * int8: the weight codes are u8 with the implicit zero point 128 and go to wgmma as unsigned (s8 × u8 -> s32):
- * Σ x·(u - 128) = Σ x·u - 128·Σ x, and the row sums Σ x are taken from the A stages in shared memory on the side
- * (2 threads per row, dp4a).  Exact in int32 (wrap-around cancels), then × s[n] × s_x[row] as in run_tile.
+ * Σ x·(u - 128) = Σ x·u - 128·Σ x.  The row sums Σ x come with the activations (mx_cuda_activations.d_rowsum_int8,
+ * written by the quantizing gather / act-mul kernels) and ride into shared memory with the row scales; without them
+ * the tile takes them from its A stages on the side (2 threads per row, dp4a), which measured 17-35 % of the int8
+ * tile's time (shared-memory reads beside the wgmma operand reads: without the sums it ran at the fp8 tile's
+ * speed).  Exact in int32 (wrap-around cancels), then × s[n] × s_x[row] as in run_tile.
  * fp8 (e4m3 × e4m3 -> f32): no correction.
  *
  * Epilogue: the tile's 256 column scales and 128 row scales ride into shared memory with stage 0's copies, and
@@ -1066,6 +1069,8 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
     const char *a = act_base<ID>(acts);
     const char *w = static_cast<const char *>(p.qweight);
     const float *row_scale = act_row_scale<ID>(acts);
+    // int8: the rows' code sums, when the activations come with them (gather / act-mul quantization writes them)
+    const int32_t *const rowsum_given = is_int ? acts.d_rowsum_int8 : nullptr;
 
     // Copy assignment, fixed for the whole tile: thread tid moves 16-byte chunk tid % 8 of rows tid / 8 + 32i of the
     // stage (rows 0-127: A, 128-383: W), so its source pointers and row checks are computed once per tile.
@@ -1107,6 +1112,8 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
         const int r = tid - col_scale_bytes / 16;
         const bool ok = r < job.m_rows;
         cp_async4(row_scale_smem + 4 * r, ok ? row_scale + job.row0 + r : row_scale, ok ? 4 : 0);
+        if (rowsum_given)
+            cp_async4(smem_u32(rowsum_smem + r), ok ? rowsum_given + job.row0 + r : rowsum_given, ok ? 4 : 0);
     }
 #pragma unroll
     for (int s = 0; s < stages - 2; s++) {
@@ -1130,7 +1137,7 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
         }
         wgmma_commit();
         // this thread's half row of the stage's Σ x, while the tensor cores work on the same stage (both only read it)
-        if constexpr (is_int) {
+        if (is_int && !rowsum_given) {
             const uint4 *row = reinterpret_cast<const uint4 *>(base_ptr + (kt % stages) * stage_bytes +
                                                                (tid >> 1) * 128 + (tid & 1) * 64);
 #pragma unroll
@@ -1146,7 +1153,7 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
     }
     wgmma_wait<0>();
     cp_async_wait<0>();
-    if constexpr (is_int) {
+    if (is_int && !rowsum_given) {
         row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
         if ((tid & 1) == 0) rowsum_smem[tid >> 1] = row_sum;
     }
@@ -1628,6 +1635,9 @@ extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_probl
         if (!act_ptr[f] || !aligned16(act_ptr[f]) || (f > 0 && !act_scale[f]))
             return mx_error_set(err, MX_ERR_INVALID_ARG, "a problem reads %s activations: their values (16-byte "
                                 "aligned) and per-row scales must be given", format_names[f]);
+        if (f == MX_CUDA_ACT_INT8 && ((uintptr_t)acts->d_rowsum_int8 & 3u))
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "int8 activations: the row-sum buffer %p is not 4-byte "
+                                "aligned", (const void *)acts->d_rowsum_int8);
         if (acts->ld % ld_multiple[f] != 0)
             return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld must be a multiple of %d for %s rows",
                                 (long long)acts->ld, ld_multiple[f], format_names[f]);

@@ -198,6 +198,7 @@ def workspace_layout(tokens: int, top_k: int, n_experts: int, n_shared_groups: i
         if mask & (1 << ACT_INT8):
             layout[f"{stage}_int8"] = ((rows, width), "int8")
             layout[f"{stage}_scale_int8"] = ((rows,), "float32")
+            layout[f"{stage}_rowsum_int8"] = ((rows,), "int32")  # Σ codes per row: the int8 GEMM's zero-point term
         if mask & (1 << ACT_FP8):
             layout[f"{stage}_fp8"] = ((rows, width), "uint8")
             layout[f"{stage}_scale_fp8"] = ((rows,), "float32")
@@ -468,7 +469,8 @@ class MoELayerCUDA:
     def _acts(ws: dict[str, Any], stage: str, width: int) -> tuple:
         ptr = (lambda name: ws[name].data_ptr() if name in ws else 0)
         return (ptr(f"{stage}_bf16"), ptr(f"{stage}_int8"), ptr(f"{stage}_fp8"), ptr(f"{stage}_int4"),
-                ptr(f"{stage}_scale_int8"), ptr(f"{stage}_scale_fp8"), ptr(f"{stage}_scale_int4"), width)
+                ptr(f"{stage}_scale_int8"), ptr(f"{stage}_scale_fp8"), ptr(f"{stage}_scale_int4"), width,
+                ptr(f"{stage}_rowsum_int8"))
 
     def _gemm(self, tables: dict[str, Any], ws: dict[str, Any], n_rows: int, acts: tuple, y: Any,
               sequential: bool, stream: int, part: str = "all", workspace: str = "gemm_workspace") -> None:

@@ -49,7 +49,8 @@ class Layer:
     """Device buffers of one fused launch: activations of every format, problems, row offsets, output."""
 
     def __init__(self, x: np.ndarray, expert_rows: list[int], problems: list[tuple[str, int, int, int]],
-                 seed: int = 0, ldy_extra: int = 16, weights: list[np.ndarray] | None = None):
+                 seed: int = 0, ldy_extra: int = 16, weights: list[np.ndarray] | None = None,
+                 rowsum_int8: bool = False):
         torch = _torch()
         self.rng = np.random.default_rng(seed)
         self.x = x  # f32 [rows, K], bf16-representable
@@ -84,6 +85,9 @@ class Layer:
                 self.qacts[fmt] = qa
                 self.acts[fmt] = self._dev(qa.values.view(np.int8) if fmt == "int8" else qa.values)
                 self.acts["scale_" + fmt] = self._dev(qa.scales)
+                if fmt == "int8" and rowsum_int8:  # the codes' row sums, as the quantizing gather writes them
+                    self.acts["rowsum_int8"] = self._dev(np.asarray(qa.values).astype(np.int64).sum(axis=1)
+                                                         .astype(np.int32))
         self.d_row_offsets = self._dev(self.row_offsets)
         n_problems = len(records)
         self.workspace_bytes = _cuda.gemm_workspace_bytes(max(self.rows, 1), n_problems)
@@ -102,8 +106,9 @@ class Layer:
             t = self.acts.get(name)
             return t.data_ptr() if t is not None else 0
 
-        return (ptr("bf16"), ptr("int8"), ptr("fp8"), ptr("int4"), ptr("scale_int8"), ptr("scale_fp8"),
+        acts = (ptr("bf16"), ptr("int8"), ptr("fp8"), ptr("int4"), ptr("scale_int8"), ptr("scale_fp8"),
                 ptr("scale_int4"), self.k if ld is None else ld)
+        return acts + (ptr("rowsum_int8"),) if "rowsum_int8" in self.acts else acts
 
     def run(self, **overrides):
         torch = _torch()
@@ -246,19 +251,22 @@ def test_gemm_fused_split_runs(cost, monkeypatch):
 
 
 @needs_gpu
-@pytest.mark.parametrize("scheme_name", ["w8a8_g-1_sym", "w8a8_g-1_sym_fp8"])
+@pytest.mark.parametrize("scheme_name, rowsum", [("w8a8_g-1_sym", False), ("w8a8_g-1_sym", True),
+                                                 ("w8a8_g-1_sym_fp8", False)])
 @pytest.mark.parametrize("k", [160, 4128])
 @pytest.mark.parametrize("ldy_extra", [16, 2])
-def test_gemm_fused_prefill_wgmma(scheme_name, k, ldy_extra):
+def test_gemm_fused_prefill_wgmma(scheme_name, rowsum, k, ldy_extra):
     """The prefill variant's wgmma tiles (128 rows × 256 columns on sm_90a; mma.sync elsewhere): M tails (300 = 2·128
     + 44, 129 = 128 + 1), a 1-row expert (thin tile) in the same launch, N = 400 = 256 + 144, and K ending inside
     a 128-byte stage (160 = 128 + 32, 4128 = 32·128 + 32).  Y rows of 416 columns (the epilogue's 16-byte stores)
-    and of 402 (ldy % 8 != 0: its 4-byte stores); NaN in the 2 or 16 columns past N must stay untouched."""
+    and of 402 (ldy % 8 != 0: its 4-byte stores); NaN in the 2 or 16 columns past N must stay untouched.  int8 with
+    the rows' code sums given (as the quantizing gather writes them) and taken by the tile itself."""
     expert_rows = [300, 0, 129, 1]  # 107.5 rows per expert on average: the prefill variant
     x = _random_x(sum(expert_rows), k, seed=40 + k)
     problems = [(scheme_name, e, 400, 0) for e in range(len(expert_rows))]
-    layer = Layer(x, expert_rows, problems, seed=50, ldy_extra=ldy_extra)
-    _check(layer, layer.run(), _tol(scheme_name), f"{scheme_name=}, {k=}, ldy={layer.ldy}")
+    layer = Layer(x, expert_rows, problems, seed=50, ldy_extra=ldy_extra, rowsum_int8=rowsum)
+    assert len(layer.acts_tuple()) == (9 if rowsum else 8)
+    _check(layer, layer.run(), _tol(scheme_name), f"{scheme_name=}, {rowsum=}, {k=}, ldy={layer.ldy}")
 
 
 @needs_gpu
@@ -470,6 +478,15 @@ def test_gemm_fused_int8_needs_scales():
     _, info = _cuda.gemm_problems_pack([_record(scheme="w8a8_g-1_sym", zeros=0)])
     with pytest.raises(ValueError, match="int8 activations"):
         _cuda.gemm_fused(**_fused_args(info=info, acts=(0, 4096, 0, 0, 0, 0, 0, 256)))
+
+
+def test_gemm_fused_bad_rowsum():
+    """The int8 row sums (optional ninth element of acts) must be 4-byte aligned; a longer tuple is refused."""
+    _, info = _cuda.gemm_problems_pack([_record(scheme="w8a8_g-1_sym", zeros=0)])
+    with pytest.raises(ValueError, match="row-sum buffer"):
+        _cuda.gemm_fused(**_fused_args(info=info, acts=(0, 4096, 0, 0, 4096, 0, 0, 256, 4098)))
+    with pytest.raises(TypeError, match="acts must be a tuple"):
+        _cuda.gemm_fused(**_fused_args(info=info, acts=(0, 4096, 0, 0, 4096, 0, 0, 256, 4096, 0)))
 
 
 def test_gemm_fused_empty_is_noop():

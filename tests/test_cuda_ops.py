@@ -78,7 +78,8 @@ def test_workspace_layout():
     assert layout["y_down"] == ((rows, H), "bfloat16")
     assert layout["x_int4"] == ((rows, H // 2), "uint8")
     assert layout["x_fp8"] == ((rows, H), "uint8") and layout["x_scale_fp8"] == ((rows,), "float32")
-    assert layout["h_int8"] == ((rows, I), "int8")
+    assert layout["h_int8"] == ((rows, I), "int8") and layout["h_rowsum_int8"] == ((rows,), "int32")
+    assert "x_rowsum_int8" in layout and "x_rowsum_fp8" not in layout
     assert "h_bf16" not in layout and "h_int4" not in layout
     assert layout["route_workspace"] == ((1000,), "uint8") and layout["gemm_workspace"] == ((3000,), "uint8")
     assert layout["gemm_workspace_down"] == ((3000,), "uint8")

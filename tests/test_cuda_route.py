@@ -126,18 +126,27 @@ POISON_BF16 = 1536.0  # exactly representable in bf16: untouched rows read back 
 FORMAT_SCHEMES = {ACT_INT8: "w8a8_g-1_sym", ACT_FP8: "w8a8_g-1_sym_fp8", ACT_INT4: "w4a4_g-1_sym"}
 
 
-def act_buffers(rows: int, K: int, formats: int, poison: bool = True):
+POISON_ROWSUM = -12345  # int8 row sums of rows a launch must not touch read back as this
+
+
+def act_buffers(rows: int, K: int, formats: int, poison: bool = True, rowsum: bool = True):
+    """Poisoned output buffers and their pointer tuple; with int8 and `rowsum`, also the int8 row-sum buffer
+    (the tuple's optional ninth element)."""
     fill = (lambda shape, dtype, v: torch.full(shape, v, dtype=dtype, device=DEV))
     b = {}
     if formats & (1 << ACT_BF16):
         b["bf16"] = fill((rows, K), torch.bfloat16, POISON_BF16)
     if formats & (1 << ACT_INT8):
         b["int8"], b["s8"] = fill((rows, K), torch.int8, 99), fill((rows,), torch.float32, -5.0)
+        if rowsum:
+            b["rs8"] = fill((rows,), torch.int32, POISON_ROWSUM)
     if formats & (1 << ACT_FP8):
         b["fp8"], b["sf8"] = fill((rows, K), torch.uint8, 0x55), fill((rows,), torch.float32, -5.0)
     if formats & (1 << ACT_INT4):
         b["int4"], b["s4"] = fill((rows, K // 2), torch.uint8, 0x55), fill((rows,), torch.float32, -5.0)
     tup = tuple(_ptr(b.get(n)) for n in ("bf16", "int8", "fp8", "int4", "s8", "sf8", "s4")) + (K,)
+    if "rs8" in b:
+        tup += (_ptr(b["rs8"]),)
     return b, tup
 
 
@@ -152,11 +161,16 @@ def check_quantized(b: dict, rows_f32: np.ndarray, row_ids: np.ndarray, formats:
         np.testing.assert_array_equal(got_s, ref.scales, err_msg=f"{what}: {key} scales")
         np.testing.assert_array_equal(got_v.view(np.uint8), np.asarray(ref.values).view(np.uint8),
                                       err_msg=f"{what}: {key} values")
+        if key == "int8" and "rs8" in b:  # the row sums of the codes (the int8 GEMM's zero-point term)
+            np.testing.assert_array_equal(b["rs8"].cpu().numpy()[row_ids],
+                                          np.asarray(ref.values).astype(np.int64).sum(axis=1),
+                                          err_msg=f"{what}: int8 row sums")
 
 
 # T = 700: > 2048 rows, the prefill launch (64 or 128 threads per row instead of 256)
 @pytest.mark.parametrize("T,K", [(1, 256), (37, 2048), (20, 4104), (3, 14336), (700, 2048), (700, 4104)])
-def test_route_gather_quant(T, K):
+@pytest.mark.parametrize("rowsum", [True, False], ids=["rowsum", "no-rowsum"])
+def test_route_gather_quant(T, K, rowsum):
     rng = np.random.default_rng(T + K)
     hidden = torch.from_numpy(rng.standard_normal((T, K)).astype(np.float32) * 3).to(torch.bfloat16).to(DEV)
     hidden[0, : K // 2] = 0  # a half-zero row; and an all-zero token if there are several
@@ -168,7 +182,7 @@ def test_route_gather_quant(T, K):
     row_offsets = np.array([0, T, 2 * T, 3 * T], np.int32)
     all_fmt = 0b1111
     group_formats = np.array([all_fmt, 1 << ACT_INT8, 1 << ACT_BF16], np.uint8)
-    b, tup = act_buffers(n_rows, K, all_fmt)
+    b, tup = act_buffers(n_rows, K, all_fmt, rowsum=rowsum)
     # device copies held in names: a temporary's memory could be reused by the next one before the launch reads it
     perm_d, offsets_d, formats_d = (torch.from_numpy(a).to(DEV) for a in (perm, row_offsets, group_formats))
     _cuda().route_gather_quant(hidden.data_ptr(), K, T, K, perm_d.data_ptr(), n_rows, offsets_d.data_ptr(), 3,
@@ -185,6 +199,9 @@ def test_route_gather_quant(T, K):
     check_quantized(b, h[perm[T:2 * T]], np.arange(T, 2 * T), 1 << ACT_INT8, "group 1")
     assert np.all(b["int4"].cpu().numpy()[T:3 * T] == 0x55), "groups 1-2 do not read int4"
     assert np.all(b["int8"].cpu().numpy()[3 * T:] == 0) and np.all(b["s8"].cpu().numpy()[3 * T:] == 1)
+    if rowsum:
+        assert np.all(b["rs8"].cpu().numpy()[3 * T:] == 0), "dropped rows: row sum 0"
+        assert np.all(b["rs8"].cpu().numpy()[2 * T:3 * T] == POISON_ROWSUM), "group 2 does not read int8"
 
 
 def test_route_gather_quant_bad_arguments():
@@ -198,6 +215,12 @@ def test_route_gather_quant_bad_arguments():
                                    (0, b["int8"].data_ptr(), 0, 0, 0, 0, 0, 256), _stream())
     with pytest.raises(TypeError, match="buffers must be a tuple"):
         _cuda().route_gather_quant(1 << 20, 256, 4, 256, 1 << 20, 4, 1 << 20, 1, 0, (1, 2), _stream())
+    with pytest.raises(ValueError, match="row sums are requested without int8"):
+        _cuda().route_gather_quant(1 << 20, 256, 4, 256, 1 << 20, 4, 1 << 20, 1, 0,
+                                   (b["int8"].data_ptr(), 0, 0, 0, 0, 0, 0, 256, b["rs8"].data_ptr()), _stream())
+    with pytest.raises(ValueError, match="row-sum buffer is not 4-byte aligned"):
+        _cuda().route_gather_quant(1 << 20, 256, 4, 256, 1 << 20, 4, 1 << 20, 1, 0, tup[:8] + (tup[8] + 2,),
+                                   _stream())
 
 
 # ---------------------------------------------------------------------------------------------------------------
