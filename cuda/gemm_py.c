@@ -194,7 +194,8 @@ PyMethodDef mx_cuda_py_gemm_methods[] = {
      "gemm_fused(problems, info, row_offsets, n_groups, max_rows, acts, y, ldy, workspace, workspace_bytes, "
      "stream, part='all')\nOne fused launch of every problem (device table `problems` from gemm_problems_pack): "
      "y[rows of expert, out_col:out_col+n] = x[rows, :k] @ W.T in bf16. acts = (bf16, int8, fp8, int4, "
-     "scale_int8, scale_fp8, scale_int4, ld). Asynchronous on `stream`. part='schedule' launches only the "
+     "scale_int8, scale_fp8, scale_int4, ld[, rowsum_int8]): device pointers (0 = absent), the row stride and "
+     "optionally the int8 rows' code sums (int32 [rows]). Asynchronous on `stream`. part='schedule' launches only the "
      "schedule kernel into `workspace`, part='compute' only the GEMM that consumes it (mx_cuda.h: "
      "mx_cuda_gemm_fused_part)."},
     {NULL, NULL, 0, NULL},

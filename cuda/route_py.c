@@ -152,7 +152,8 @@ PyMethodDef mx_cuda_py_route_methods[] = {
      "(cuda/route.cuh); pointers and stream are ints"},
     {"route_gather_quant", py_route_gather_quant, METH_VARARGS,
      "route_gather_quant(hidden, ld_hidden, T, K, perm_token, n_rows, row_offsets, n_groups, group_formats, "
-     "buffers, stream): gather hidden rows in permuted order into bf16 / int8 / e4m3 / int4 (+ f32 scales)"},
+     "buffers, stream): gather hidden rows in permuted order into bf16 / int8 / e4m3 / int4 (+ f32 scales, + int32 "
+     "int8 row sums when buffers has a ninth element)"},
     {"route_act_mul_quant", py_route_act_mul_quant, METH_VARARGS,
      "route_act_mul_quant(gate_up, ld_gate_up, n_rows, I, row_offsets, n_groups, group_formats, hadamard, buffers, "
      "stream): SiLU(gate)*up (+ randomized Hadamard (signs, base, m[, group_mask])) and quantization for down's "
