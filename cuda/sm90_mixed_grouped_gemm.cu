@@ -549,7 +549,8 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
         col_scale[j] = make_float2(1.f, 1.f);
         if constexpr (S::G < 0 && S::W < 16)
             if (col < p.n)
-                col_scale[j] = __half22float2(*reinterpret_cast<const __half2 *>(static_cast<const __half *>(p.scales) + col));
+                col_scale[j] = __half22float2(
+                    *reinterpret_cast<const __half2 *>(static_cast<const __half *>(p.scales) + col));
     }
     float row_factor[T::MT][2];
 #pragma unroll
@@ -1106,7 +1107,8 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
     // The epilogue's scales join stage 0's group: visible after the first stage's barrier (k_tiles >= 1).
     if (tid < col_scale_bytes / 16) {  // 8 columns per chunk; n % 16 == 0: a chunk is all in or all out
         const bool ok = job.n0 + 8 * tid < p.n;
-        cp_async16(col_scale_smem + 16 * tid, ok ? static_cast<const void *>(static_cast<const __half *>(p.scales) + job.n0 + 8 * tid) : a,
+        cp_async16(col_scale_smem + 16 * tid,
+                   ok ? static_cast<const void *>(static_cast<const __half *>(p.scales) + job.n0 + 8 * tid) : a,
                    ok ? 16 : 0);
     } else if (tid < col_scale_bytes / 16 + 128) {
         const int r = tid - col_scale_bytes / 16;
