@@ -698,6 +698,7 @@ class LinearCUDA:
               "gemm": torch.empty(max(self._cuda.gemm_workspace_bytes(rows, 1), 1), dtype=torch.uint8, device=dev)}
         if self.format == ACT_INT8:
             ws["int8"] = torch.empty(rows, K, dtype=torch.int8, device=dev)
+            ws["rowsum_int8"] = torch.empty(rows, dtype=torch.int32, device=dev)  # the GEMM's zero-point term
         elif self.format == ACT_FP8:
             ws["fp8"] = torch.empty(rows, K, dtype=torch.uint8, device=dev)
         elif self.format == ACT_INT4:
@@ -725,8 +726,8 @@ class LinearCUDA:
         else:
             q = ws[ACT_FORMAT_NAMES[self.format]].data_ptr()
             s = ws["scale"].data_ptr()
-            acts = {ACT_INT8: (0, q, 0, 0, s, 0, 0, K), ACT_FP8: (0, 0, q, 0, 0, s, 0, K),
-                    ACT_INT4: (0, 0, 0, q, 0, 0, s, K)}[self.format]
+            acts = {ACT_INT8: (0, q, 0, 0, s, 0, 0, K, ws["rowsum_int8"].data_ptr() if "rowsum_int8" in ws else 0),
+                    ACT_FP8: (0, 0, q, 0, 0, s, 0, K), ACT_INT4: (0, 0, 0, q, 0, 0, s, K)}[self.format]
             self._cuda.route_gather_quant(x.data_ptr(), K, M, K, ws["perm"].data_ptr(), M, self._offsets.data_ptr(),
                                           1, 0, acts, stream)
         self._cuda.gemm_fused(self._table.data_ptr(), self._info, self._offsets.data_ptr(), 1, M, acts, y.data_ptr(),
