@@ -79,30 +79,25 @@ __device__ __forceinline__ uint4 pack8(const float in[kChunk]) {
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// max over the block (every thread gets the result); `scratch` holds one float per warp.
-__device__ __forceinline__ float block_max(float v, float *scratch) {
+// op-reduction over the block (every thread gets the result); `scratch` holds one T per warp.  The row kernels'
+// max|x| (f32) and the int8 rows' code sums (int32).
+template <class T, class Op>
+__device__ __forceinline__ T block_reduce(T v, T *scratch, Op op) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads(); // scratch may still be read by a previous call
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    float m = scratch[0];
-    for (int w = 1; w < int(blockDim.x / 32); ++w) m = fmaxf(m, scratch[w]);
-    return m;
+    T r = scratch[0];
+    for (int w = 1; w < int(blockDim.x / 32); ++w) r = op(r, scratch[w]);
+    return r;
 }
-
-// sum over the block (every thread gets the result); `scratch` holds one int per warp.
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    return block_reduce(v, scratch, [](float a, float b) { return fmaxf(a, b); });
+}
 __device__ __forceinline__ int32_t block_sum(int32_t v, int32_t *scratch) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads(); // scratch may still be read by a previous call
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    int32_t s = scratch[0];
-    for (int w = 1; w < int(blockDim.x / 32); ++w) s += scratch[w];
-    return s;
+    return block_reduce(v, scratch, [](int32_t a, int32_t b) { return a + b; });
 }
 
 // Group of row r: the g with row_offsets[g] <= r < row_offsets[g + 1], or -1 past row_offsets[n_groups].

@@ -1064,9 +1064,11 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
     const uint32_t raw = smem_u32(smem);
     const uint32_t base = (raw + 1023u) & ~1023u;  // the 128-byte swizzle is address-based: 1024-aligned tiles
     char *base_ptr = smem + (base - raw);
+    // after the stages: the epilogue's per-row code sums (int8), column scales and row scales
     int32_t *rowsum_smem = reinterpret_cast<int32_t *>(base_ptr + stages * stage_bytes);
-    const uint32_t col_scale_smem = base + stages * stage_bytes + rowsum_bytes;  // f16 [BN]
-    const uint32_t row_scale_smem = col_scale_smem + col_scale_bytes;           // f32 [128]
+    const __half2 *cs_smem = reinterpret_cast<const __half2 *>(base_ptr + stages * stage_bytes + rowsum_bytes);
+    const float *rs_smem =
+        reinterpret_cast<const float *>(base_ptr + stages * stage_bytes + rowsum_bytes + col_scale_bytes);
     const char *a = act_base<ID>(acts);
     const char *w = static_cast<const char *>(p.qweight);
     const float *row_scale = act_row_scale<ID>(acts);
@@ -1107,13 +1109,13 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
     // The epilogue's scales join stage 0's group: visible after the first stage's barrier (k_tiles >= 1).
     if (tid < col_scale_bytes / 16) {  // 8 columns per chunk; n % 16 == 0: a chunk is all in or all out
         const bool ok = job.n0 + 8 * tid < p.n;
-        cp_async16(col_scale_smem + 16 * tid,
+        cp_async16(smem_u32(cs_smem) + 16 * tid,
                    ok ? static_cast<const void *>(static_cast<const __half *>(p.scales) + job.n0 + 8 * tid) : a,
                    ok ? 16 : 0);
     } else if (tid < col_scale_bytes / 16 + 128) {
         const int r = tid - col_scale_bytes / 16;
         const bool ok = r < job.m_rows;
-        cp_async4(row_scale_smem + 4 * r, ok ? row_scale + job.row0 + r : row_scale, ok ? 4 : 0);
+        cp_async4(smem_u32(rs_smem + r), ok ? row_scale + job.row0 + r : row_scale, ok ? 4 : 0);
         if (rowsum_given)
             cp_async4(smem_u32(rowsum_smem + r), ok ? rowsum_given + job.row0 + r : rowsum_given, ok ? 4 : 0);
     }
@@ -1163,9 +1165,6 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
 
     // Scale into bf16 and stage the tile in shared memory: thread (wg, wl, g, t) holds rows 64wg + 16wl + g (+ 8)
     // and columns 8j + 2t (+ 1).
-    const __half2 *cs_smem = reinterpret_cast<const __half2 *>(base_ptr + stages * stage_bytes + rowsum_bytes);
-    const float *rs_smem = reinterpret_cast<const float *>(base_ptr + stages * stage_bytes + rowsum_bytes +
-                                                           col_scale_bytes);
     float row_factor[2];
     int32_t correction[2] = {0, 0};
 #pragma unroll

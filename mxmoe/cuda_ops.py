@@ -726,8 +726,12 @@ class LinearCUDA:
         else:
             q = ws[ACT_FORMAT_NAMES[self.format]].data_ptr()
             s = ws["scale"].data_ptr()
-            acts = {ACT_INT8: (0, q, 0, 0, s, 0, 0, K, ws["rowsum_int8"].data_ptr() if "rowsum_int8" in ws else 0),
-                    ACT_FP8: (0, 0, q, 0, 0, s, 0, K), ACT_INT4: (0, 0, 0, q, 0, 0, s, K)}[self.format]
+            if self.format == ACT_INT8:
+                acts = (0, q, 0, 0, s, 0, 0, K, ws["rowsum_int8"].data_ptr())
+            elif self.format == ACT_FP8:
+                acts = (0, 0, q, 0, 0, s, 0, K)
+            else:
+                acts = (0, 0, 0, q, 0, 0, s, K)
             self._cuda.route_gather_quant(x.data_ptr(), K, M, K, ws["perm"].data_ptr(), M, self._offsets.data_ptr(),
                                           1, 0, acts, stream)
         self._cuda.gemm_fused(self._table.data_ptr(), self._info, self._offsets.data_ptr(), 1, M, acts, y.data_ptr(),
