@@ -43,14 +43,15 @@ __device__ __forceinline__ uint32_t pair_minus_z(uint32_t u0u1_spread, uint32_t 
     return bf16x2_bits(__hsub2(bits_bf16x2(u0u1_spread | 0x43004300u), bits_bf16x2(z_magic)));
 }
 
-// pair_minus_z((x & MASK), z) for a MASK that isolates two codes at bits [0,8) and [16,24): the mask and the magic
-// exponent in ONE LOP3.  Written in C, (x & MASK) | 0x43004300 compiles to two LOP3s (an instruction takes one
-// immediate), and in the decode stream kernel those were a quarter of all instructions.
+// (x & MASK) | 0x43004300 in ONE LOP3, for a MASK that isolates two codes u0, u1 at bits [0,7) and [16,23): the
+// bf16 pair (128 + u0, 128 + u1), exact.  Written in C this compiles to two LOP3s (an instruction takes one
+// immediate), and in the decode stream kernel those were a quarter of all instructions.  That kernel takes the zero
+// point off after the mma (128 + z times the activations' group sum), so this is all its weights' unpacking.
 template <uint32_t MASK>
-__device__ __forceinline__ uint32_t masked_pair_minus_z(uint32_t x, uint32_t z_magic) {
-    uint32_t magic_pair;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(magic_pair) : "r"(x), "n"(MASK), "n"(0x43004300));  // (a & b) | c
-    return bf16x2_bits(__hsub2(bits_bf16x2(magic_pair), bits_bf16x2(z_magic)));
+__device__ __forceinline__ uint32_t magic_pair(uint32_t x) {
+    uint32_t pair;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(pair) : "r"(x), "n"(MASK), "n"(0x43004300));  // (a & b) | c
+    return pair;
 }
 
 // W = 4: bits [0,4) and [4,8) of x are two consecutive codes.

@@ -605,10 +605,18 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  *   reads, so a __syncwarp after each wait guards the warp's ring.
  *
  * The K order inside an mma is free (a dot product does not care), so each lane feeds the codes in the order that
- * is cheapest to unpack, and builds the activation fragment in the same order with PRMT:
- *   w4: one LOP3 gives codes (i, i + 4) of a word as a bf16 pair, so the k16 steps of word j take
- *       codes {0,4 | 1,5} and {2,6 | 3,7}: a0 = (x_k0, x_k4), a2 = (x_k1, x_k5), ...
+ * is cheapest to unpack:
+ *   w4: one LOP3 gives codes (i, i + 4) of a word, as the bf16 pair (128 + u_i, 128 + u_{i+4}), so the k16 steps of
+ *       word j take codes {0,4 | 1,5} and {2,6 | 3,7}: a0 = (x_k0, x_k4), a2 = (x_k1, x_k5), ...
  *   w2: codes (i, i + 8) of a 16-code word.
+ * The activations are put in that order once per CTA when their slice lands (stream_prepare_slice: 4 PRMT per
+ * 16-byte unit), not by every warp for every mma (that was 2 PRMT per mma, repeated by the 8 warps).
+ * Zero points leave the loop too: the weights enter the mma as 128 + u (one LOP3 per pair, no subtraction), and
+ *   Σ_k x_k (u_k - z) = Σ_k x_k (128 + u_k) - (128 + z) Σ_k x_k
+ * per 128-group, with Σ_k x_k per activation row and group summed by stream_prepare_slice as well.  (Session 5 got the
+ * sums from one more mma per k16 step, which cost more than the 64 HSUB2 per chunk it saved.)  The fp32 partial sums
+ * are then ~16x (w4) to ~100x (w2) larger than the result, so their rounding (2^-24 relative) grows by that factor:
+ * still far below the bf16 output's (2^-9).
  * All four lanes t of an mma read the same 128-group (lane t's 32 codes lie in group q), so the group's scale
  * still multiplies whole fp32 partial sums, exactly as in run_tile.
  *
@@ -619,7 +627,8 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  * Activation rows are 16-byte units XOR-swizzled (unit u of row r at u ^ (u >> 3 & 1) ^ (r & 1) << 1), so the 8
  * lanes of one LDS.128 phase (rows g, g + 1; t = 0..3 at 64-byte steps) hit 8 different bank quads.
  *
- *   shared memory: [slice 0: A 16×KA bf16 | scales KA/128×128 f16 | zeros KA/128×128 u8] ... [slice NA-1]
+ *   shared memory: [slice 0: A 16×KA bf16 | scales KA/128×128 f16 | zeros KA/128×128 u8 | Σx KA/128×16 f32]
+ *                  ... [slice NA-1]
  *                  [rings: 8 warps × ring_slots (>= D + 1) chunks × 2 KB, each chunk [row half j][group q][lane][pack]
  *                  so lanes read consecutive addresses] */
 
@@ -646,7 +655,10 @@ struct StreamFacts {
     static constexpr int slice_groups = KA / kGroup;
     static constexpr int s_bytes = S::G > 0 ? slice_groups * kBN * 2 : 0;
     static constexpr int z_bytes = S::G > 0 && !S::sym ? slice_groups * kBN : 0;
-    static constexpr int slice_bytes = a_bytes + s_bytes + z_bytes;
+    static constexpr int sums_off = a_bytes + s_bytes + z_bytes;  // Σx per (group, activation row), f32 [group][16]
+    static constexpr int slice_bytes = sums_off + slice_groups * 16 * 4;
+    // stream_prepare_slice reorders the activations in items of one 16-byte unit (w4) or the two of a 16-code word (w2)
+    static constexpr int item_units = W == 4 ? 1 : 2;
     static constexpr int ring_off = NA * slice_bytes;
     // D + 1 slots suffice; 4 where they fit (w4) turn the per-chunk slot arithmetic into a mask
     static constexpr int ring_slots = ring_off + (kThreads / 32) * 4 * warp_chunk_bytes <= kSmemDecode ? 4 : D + 1;
@@ -659,6 +671,98 @@ struct StreamFacts {
 
 __device__ __forceinline__ int stream_unit_swizzle(int unit, int row) {
     return unit ^ ((unit >> 3) & 1) ^ ((row & 1) << 1);
+}
+
+/* The slice functions run once per KA of K (every other chunk for w4, every chunk for w2) and are kept out of line,
+ * so the hot loop's code stays small: with them inline and the group loop unrolled, waiting for instructions was a
+ * fifth of the warps' stall cycles (Nsight Compute: 1.7 cycles per issued instruction; 0.5 now, NOTES session 7). */
+
+// Copy slice s of the tile's activations (its m rows), scales and zeros into slice buffer s % NA (all threads).
+template <int ID>
+__device__ __noinline__ void stream_issue_slice(uint32_t smem0, int s, const char *a_glob, int64_t a_ld_bytes,
+                                                int64_t row0, int m, int k, int n, int n0, const char *scales,
+                                                const uint8_t *zeros) {
+    using S = Scheme<ID>;
+    using F = StreamFacts<ID>;
+    const uint32_t sb = smem0 + (s % F::NA) * F::slice_bytes;
+    const int k0 = s * F::KA;
+    constexpr int units = F::KA / 8;  // 16-byte units per activation row
+    for (int id = threadIdx.x; id < m * units; id += kThreads) {
+        const int r = id / units, u = id % units;
+        const bool ok = k0 + 8 * u < k;
+        const char *src = ok ? a_glob + (row0 + r) * a_ld_bytes + (int64_t)(k0 + 8 * u) * 2 : a_glob;
+        cp_async16(sb + r * F::a_row_bytes + stream_unit_swizzle(u, r) * 16, src, ok ? 16 : 0);
+    }
+    if constexpr (S::G > 0) {
+        const int group0 = k0 / kGroup, groups = k / kGroup;
+        if (threadIdx.x < F::slice_groups * 16) {  // scales[group0 + gi, n0 : n0 + 128]
+            const int gi = threadIdx.x / 16, ch = threadIdx.x % 16;
+            const bool ok = group0 + gi < groups && n0 + 8 * ch < n;
+            const char *src = scales;
+            if (ok) src += ((int64_t)(group0 + gi) * n + n0 + 8 * ch) * 2;
+            cp_async16(sb + F::a_bytes + gi * kBN * 2 + ch * 16, src, ok ? 16 : 0);
+        }
+        if constexpr (!S::sym) {
+            const int i = threadIdx.x - F::slice_groups * 16;
+            if (i >= 0 && i < F::slice_groups * 8) {  // zeros[group0 + gi, n0 : n0 + 128]
+                const int gi = i / 8, ch = i % 8;
+                const bool ok = group0 + gi < groups && n0 + 16 * ch < n;
+                const char *src = reinterpret_cast<const char *>(zeros);
+                if (ok) src += (int64_t)(group0 + gi) * n + n0 + 16 * ch;
+                cp_async16(sb + F::a_bytes + F::s_bytes + gi * kBN + ch * 16, src, ok ? 16 : 0);
+            }
+        }
+    }
+}
+
+// Once slice s has landed (all threads, between two barriers): each of its m activation rows in the lanes' k order
+// (see above), and Σx of each 128-group of each row.  Thread (row, quad) takes 4 consecutive 16-byte units of a
+// row, so any m <= 16 takes one pass of independent loads (a first version looped over single units: up to 4 rounds
+// of load, reorder and 4 shuffles per thread at 16 rows), and the 4 quads of a group meet in 2 shuffles.
+template <int ID>
+__device__ __noinline__ void stream_prepare_slice(char *smem, int s, int m) {
+    using F = StreamFacts<ID>;
+    constexpr int IU = F::item_units;      // units per reordered item: 1 (w4) or the 2 of a 16-code word (w2)
+    constexpr int quads = F::KA / 8 / 4;   // quads per row
+    static_assert(quads * kThinMaxRows <= kThreads && kGroup / 8 / 4 == 4, "one pass, 4 quads per group");
+    char *sb = smem + (s % F::NA) * F::slice_bytes;
+    const int row = threadIdx.x / quads, quad = threadIdx.x % quads;
+    float sum = 0.f;
+    if (row < m) {
+        uint4 *unit[4];
+        uint32_t x[16];  // word i = (x_2i, x_2i+1) of the quad's 32 activations
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int unit_index = stream_unit_swizzle(4 * quad + i, row);
+            unit[i] = reinterpret_cast<uint4 *>(sb + row * F::a_row_bytes + unit_index * 16);
+            const uint4 v = *unit[i];
+            x[4 * i] = v.x, x[4 * i + 1] = v.y, x[4 * i + 2] = v.z, x[4 * i + 3] = v.w;
+        }
+        float unit_sum[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            unit_sum[i] = 0.f;
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                unit_sum[i] += __uint_as_float(x[4 * i + j] << 16) + __uint_as_float(x[4 * i + j] & 0xFFFF0000u);
+        }
+        sum = (unit_sum[0] + unit_sum[1]) + (unit_sum[2] + unit_sum[3]);
+        // item it (the 4·IU words w = x + 4·IU·it): new word j = (x_j, x_{j + 4·IU}) of its 8·IU activations, the
+        // pair that one LOP3 of the weight word pairs with
+#pragma unroll
+        for (int it = 0; it < 4 / IU; it++) {
+            const uint32_t *w = x + 4 * IU * it;
+            uint32_t y[4 * IU];
+#pragma unroll
+            for (int j = 0; j < 4 * IU; j++) y[j] = __byte_perm(w[j / 2], w[j / 2 + 2 * IU], (j & 1) ? 0x7632 : 0x5410);
+#pragma unroll
+            for (int i = 0; i < IU; i++)
+                *unit[IU * it + i] = make_uint4(y[4 * i], y[4 * i + 1], y[4 * i + 2], y[4 * i + 3]);
+        }
+    }
+    sum += __shfl_xor_sync(~0u, sum, 1);
+    sum += __shfl_xor_sync(~0u, sum, 2);
+    if (row < m && quad % 4 == 0) reinterpret_cast<float *>(sb + F::sums_off)[(quad / 4) * 16 + row] = sum;
 }
 
 template <int ID, class T, bool TWO_HALVES>
@@ -674,9 +778,11 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
     const uint8_t *const zeros = static_cast<const uint8_t *>(p.zeros);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int m = job.m_rows;
+    // The job's fields in registers too (job is a reference into the caller's frame: local memory)
+    const int m = job.m_rows, n0 = job.n0;
+    const int64_t row0 = job.row0;
     const int c_begin = seg.c_begin, c_end = seg.c_end;
-    const int col0 = job.n0 + 16 * warp;  // n % 16 == 0: a warp's 16 columns are all valid or all past n
+    const int col0 = n0 + 16 * warp;  // n % 16 == 0: a warp's 16 columns are all valid or all past n
     const bool warp_active = col0 < n;
     // Byte offsets of the lane's four activation units within a 16-unit block: unit U + 4t + u (U a multiple of 16)
     // swizzles to U + ((4t + u) ^ (t >> 1) ^ (g & 1) << 1), the same as stream_unit_swizzle, hoisted out of the loop.
@@ -686,44 +792,19 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
     const uint32_t smem0 = smem_u32(smem);
     const char *w = static_cast<const char *>(p.qweight);
     const int64_t w_ld = (int64_t)k * S::W / 8;
-    // The lane's copy rows: row 4i + lane / 8 of the warp's 16 (i = 0..3), see issue_chunk.
-    const char *w_copy_row = w + (int64_t)(warp_active ? col0 + (lane >> 3) : 0) * w_ld;
+    // The lane's copies, see issue_chunk: bytes [b, b + 16) of chunk c of rows 4i + lane / 8 of the warp's 16 rows
+    // (i = 0..3) at w_copy + c·128 + i·4·w_ld, into ring slot + copy_dst + the constant offset of piece i.
+    constexpr int group_bytes = kGroup * S::W / 8;  // one row's bytes of one 128-group: 64 (w4), 32 (w2)
+    const int copy_b = (lane & 7) * 16;
+    const int copy_code = copy_b * 8 / S::W;  // the lane's first code within a chunk
+    const char *w_copy = w + (int64_t)(warp_active ? col0 + (lane >> 3) : 0) * w_ld + copy_b;
+    const uint32_t copy_dst =
+        ((copy_b / group_bytes) * 32 + (lane >> 3) * 4 + (copy_b % group_bytes) / F::pack_bytes) * F::piece;
     const uint32_t ring = smem0 + F::ring_off + warp * F::ring_slots * F::warp_chunk_bytes;
     const char *a_glob = reinterpret_cast<const char *>(acts.d_bf16);
     const int64_t a_ld_bytes = acts.ld * 2;
 
     // ---- copies ----
-    auto issue_slice = [&](int s) {
-        const uint32_t sb = smem0 + (s % F::NA) * F::slice_bytes;
-        const int k0 = s * F::KA;
-        constexpr int units = F::KA / 8;  // 16-byte units per activation row
-        for (int id = threadIdx.x; id < m * units; id += kThreads) {
-            const int r = id / units, u = id % units;
-            const bool ok = k0 + 8 * u < k;
-            const char *src = ok ? a_glob + (job.row0 + r) * a_ld_bytes + (int64_t)(k0 + 8 * u) * 2 : a_glob;
-            cp_async16(sb + r * F::a_row_bytes + stream_unit_swizzle(u, r) * 16, src, ok ? 16 : 0);
-        }
-        if constexpr (S::G > 0) {
-            const int group0 = k0 / kGroup, groups = k / kGroup;
-            if (threadIdx.x < F::slice_groups * 16) {  // scales[group0 + gi, n0 : n0 + 128]
-                const int gi = threadIdx.x / 16, ch = threadIdx.x % 16;
-                const bool ok = group0 + gi < groups && job.n0 + 8 * ch < n;
-                const char *src = scales;
-                if (ok) src += ((int64_t)(group0 + gi) * n + job.n0 + 8 * ch) * 2;
-                cp_async16(sb + F::a_bytes + gi * kBN * 2 + ch * 16, src, ok ? 16 : 0);
-            }
-            if constexpr (!S::sym) {
-                const int i = threadIdx.x - F::slice_groups * 16;
-                if (i >= 0 && i < F::slice_groups * 8) {  // zeros[group0 + gi, n0 : n0 + 128]
-                    const int gi = i / 8, ch = i % 8;
-                    const bool ok = group0 + gi < groups && job.n0 + 16 * ch < n;
-                    const char *src = reinterpret_cast<const char *>(zeros);
-                    if (ok) src += (int64_t)(group0 + gi) * n + job.n0 + 16 * ch;
-                    cp_async16(sb + F::a_bytes + F::s_bytes + gi * kBN + ch * 16, src, ok ? 16 : 0);
-                }
-            }
-        }
-    };
     auto issue_chunk = [&](int c) {
         if (c >= c_end) return;
         if (warp_active) {
@@ -732,22 +813,18 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
             // copies for w2, measured 7-23 % slower on w2 tiles.  Lane (row, b) writes the bytes where the lane that
             // computes with them (row % 8, t) expects its pack of group q, so the ring is shared within the warp:
             // hence the __syncwarp after each wait in the pipeline.
-            constexpr int group_bytes = kGroup * S::W / 8;  // one row's bytes of one 128-group: 64 (w4), 32 (w2)
-            const uint32_t slot = ring + (c % F::ring_slots) * F::warp_chunk_bytes;
-            const int b = (lane & 7) * 16;
-            const int q = b / group_bytes, t_of_b = (b % group_bytes) / F::pack_bytes;
-            const int code0 = c * F::CK + b * 8 / S::W;
-            // k % 32 == 0: a pack is all in or all out, a w2 piece (two packs) may be half in
-            const int valid = min(16, max(0, (k - code0) * S::W / 8));
+            // k % 32 == 0: a pack is all in or all out, a w2 piece (two packs) may be half in.  Past K (valid = 0)
+            // nothing is read, and every piece points at the tensor's first byte.
+            const int valid = min(16, max(0, (k - c * F::CK - copy_code) * S::W / 8));
+            const char *src = valid > 0 ? w_copy + c * 128 : w;
+            const int64_t src_step = valid > 0 ? 4 * w_ld : 0;
+            const uint32_t dst = ring + (c % F::ring_slots) * F::warp_chunk_bytes + copy_dst;
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int row = 4 * i + (lane >> 3);
-                const char *src = valid > 0 ? w_copy_row + 4 * i * w_ld + (int64_t)code0 * S::W / 8 : w;
-                const uint32_t dst = slot + (((row >> 3) * F::GQ + q) * 32 + (row & 7) * 4 + t_of_b) * F::piece;
-                cp_async16(dst, src, valid);
-            }
+            for (int i = 0; i < 4; i++)  // row 4i + lane / 8: row half i / 2, row 4 (i % 2) + lane / 8 within it
+                cp_async16(dst + ((i / 2) * F::GQ * 32 + (i % 2) * 16) * F::piece, src + i * src_step, valid);
         }
-        if (c % F::C == 0 || c == c_begin) issue_slice(c / F::C);  // a segment may start inside a slice
+        if (c % F::C == 0 || c == c_begin)  // a segment may start inside a slice
+            stream_issue_slice<ID>(smem0, c / F::C, a_glob, a_ld_bytes, row0, m, k, n, n0, scales, zeros);
     };
 
     // ---- registers ----
@@ -760,28 +837,30 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
             r.acc[0][j][e] = 0.f;
             part[j][0][e] = part[j][1][e] = 0.f;
         }
-    uint32_t z_magic_col[2] = {bf16x2_128_plus(1 << (S::W - 1)), bf16x2_128_plus(1 << (S::W - 1))};
-    if constexpr (!S::sym && S::G < 0) {  // per-channel asym: the lane's two rows' zero points
+    // 128 + z of the lane's columns, [j][i]: <= 8 rows, column 8j + g (i unused); TWO_HALVES, column 8j + 2t + i.
+    // Per-channel zeros are fixed for the tile, g128 zeros are read per group.
+    float zf[2][2];
 #pragma unroll
-        for (int j = 0; j < 2; j++)
-            if (warp_active) z_magic_col[j] = bf16x2_128_plus(zeros[col0 + 8 * j + g]);
-    }
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            zf[j][i] = 128.f + (1 << (S::W - 1));
+            if constexpr (!S::sym && S::G < 0)
+                if (warp_active) zf[j][i] = 128.f + zeros[col0 + 8 * j + (TWO_HALVES ? 2 * t + i : g)];
+        }
+    float sum_x_total[2] = {0.f, 0.f};  // per-channel: Σx over the segment's K of the lane's two activation rows
 
     auto compute_chunk = [&](int c) {
         const char *ring_ptr = smem + F::ring_off + (warp * F::ring_slots + c % F::ring_slots) * F::warp_chunk_bytes;
         const char *sb = smem + ((c / F::C) % F::NA) * F::slice_bytes;
         const char *a_row_g = sb + g * F::a_row_bytes, *a_row_g8 = a_row_g + 8 * F::a_row_bytes;
+        const float *sums = reinterpret_cast<const float *>(sb + F::sums_off);
         const int unit0 = (c % F::C) * (F::CK / 8);
-#pragma unroll
+        // Not unrolled: one group's code (~110 instructions) instead of GQ copies keeps the loop in the instruction
+        // cache; the group's mma chains are independent of the next group's anyway.
+#pragma unroll 1
         for (int q = 0; q < F::GQ; q++) {
             const int gs = (c % F::C) * F::GQ + q;  // group within the slice
-            uint32_t z_magic[2] = {z_magic_col[0], z_magic_col[1]};
-            if constexpr (S::G > 0 && !S::sym) {
-#pragma unroll
-                for (int j = 0; j < 2; j++)
-                    z_magic[j] = bf16x2_128_plus(reinterpret_cast<const uint8_t *>(sb + F::a_bytes + F::s_bytes)
-                                                     [gs * kBN + 16 * warp + 8 * j + g]);
-            }
             uint32_t wv[2][S::W];  // the lane's pack of each row: W words
 #pragma unroll
             for (int j = 0; j < 2; j++) {
@@ -795,7 +874,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
                 }
             }
             const int block16 = (unit0 + q * (kGroup / 8)) * 16;  // this group's 16 units, in bytes
-            // xg[u] / x8[u] = the 8 activations of unit u of rows g / g + 8
+            // xg[u] / x8[u] = unit u of rows g / g + 8, already in the lanes' k order: word i feeds pair i
             uint4 xg[4], x8[4];
 #pragma unroll
             for (int u = 0; u < 4; u++) {
@@ -804,9 +883,9 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
                     x8[u] = *reinterpret_cast<const uint4 *>(a_row_g8 + block16 + a_unit_off[u]);
             }
             auto comp = [](const uint4 &v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; };
-            // One k16 step: the activation pairs (lo, hi) of rows g (and g + 8) in the lane's k order, the weight
-            // pairs of the lane's two rows.  <= 8 rows: weights are the 16-row operand, tokens the 8 columns
-            // (one mma instead of two, C[n][token]); else activations are the 16-row operand of two n8 mmas.
+            // One k16 step: the activation pairs (lo, hi) of rows g (and g + 8), the weight pairs of the lane's two
+            // rows.  <= 8 rows: weights are the 16-row operand, tokens the 8 columns (one mma instead of two,
+            // C[n][token]); else activations are the 16-row operand of two n8 mmas.
             auto step = [&](int h, uint32_t xlo, uint32_t xhi, uint32_t xlo8, uint32_t xhi8, uint32_t w0lo,
                             uint32_t w0hi, uint32_t w1lo, uint32_t w1hi) {
                 if constexpr (TWO_HALVES) {
@@ -822,66 +901,67 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
 #pragma unroll
                 for (int u = 0; u < 4; u++)  // word u of the pack = unit u: codes 8u .. 8u + 7
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        // k order of step h: (2h, 2h+4) then (2h+1, 2h+5), relative to the unit
-                        const uint32_t lo = __byte_perm(comp(xg[u], h), comp(xg[u], h + 2), 0x5410);
-                        const uint32_t hi = __byte_perm(comp(xg[u], h), comp(xg[u], h + 2), 0x7632);
-                        uint32_t lo8 = 0, hi8 = 0;
-                        if constexpr (TWO_HALVES) {
-                            lo8 = __byte_perm(comp(x8[u], h), comp(x8[u], h + 2), 0x5410);
-                            hi8 = __byte_perm(comp(x8[u], h), comp(x8[u], h + 2), 0x7632);
-                        }
-                        step(h, lo, hi, lo8, hi8,
-                             masked_pair_minus_z<0x000F000Fu>(wv[0][u] >> (8 * h), z_magic[0]),
-                             masked_pair_minus_z<0x000F000Fu>(wv[0][u] >> (8 * h + 4), z_magic[0]),
-                             masked_pair_minus_z<0x000F000Fu>(wv[1][u] >> (8 * h), z_magic[1]),
-                             masked_pair_minus_z<0x000F000Fu>(wv[1][u] >> (8 * h + 4), z_magic[1]));
+                    for (int h = 0; h < 2; h++) {  // k order of step h: (2h, 2h+4) then (2h+1, 2h+5) of the unit
+                        constexpr uint32_t M = 0x000F000Fu;
+                        step(h, comp(xg[u], 2 * h), comp(xg[u], 2 * h + 1),
+                             TWO_HALVES ? comp(x8[u], 2 * h) : 0u, TWO_HALVES ? comp(x8[u], 2 * h + 1) : 0u,
+                             magic_pair<M>(wv[0][u] >> (8 * h)), magic_pair<M>(wv[0][u] >> (8 * h + 4)),
+                             magic_pair<M>(wv[1][u] >> (8 * h)), magic_pair<M>(wv[1][u] >> (8 * h + 4)));
                     }
             } else {  // W == 2
+                auto comp8 = [&](const uint4 *v, int wd, int i) { return comp(v[2 * wd + i / 4], i % 4); };
 #pragma unroll
                 for (int wd = 0; wd < 2; wd++)  // word wd = units 2wd (codes 0-7) and 2wd + 1 (codes 8-15)
 #pragma unroll
-                    for (int h = 0; h < 4; h++) {
-                        // k order of step h: (2h, 2h+8) then (2h+1, 2h+9), relative to the word
-                        const uint32_t lo = __byte_perm(comp(xg[2 * wd], h), comp(xg[2 * wd + 1], h), 0x5410);
-                        const uint32_t hi = __byte_perm(comp(xg[2 * wd], h), comp(xg[2 * wd + 1], h), 0x7632);
-                        uint32_t lo8 = 0, hi8 = 0;
-                        if constexpr (TWO_HALVES) {
-                            lo8 = __byte_perm(comp(x8[2 * wd], h), comp(x8[2 * wd + 1], h), 0x5410);
-                            hi8 = __byte_perm(comp(x8[2 * wd], h), comp(x8[2 * wd + 1], h), 0x7632);
-                        }
-                        step(h & 1, lo, hi, lo8, hi8,
-                             masked_pair_minus_z<0x00030003u>(wv[0][wd] >> (4 * h), z_magic[0]),
-                             masked_pair_minus_z<0x00030003u>(wv[0][wd] >> (4 * h + 2), z_magic[0]),
-                             masked_pair_minus_z<0x00030003u>(wv[1][wd] >> (4 * h), z_magic[1]),
-                             masked_pair_minus_z<0x00030003u>(wv[1][wd] >> (4 * h + 2), z_magic[1]));
+                    for (int h = 0; h < 4; h++) {  // k order of step h: (2h, 2h+8) then (2h+1, 2h+9) of the word
+                        constexpr uint32_t M = 0x00030003u;
+                        step(h & 1, comp8(xg, wd, 2 * h), comp8(xg, wd, 2 * h + 1),
+                             TWO_HALVES ? comp8(x8, wd, 2 * h) : 0u, TWO_HALVES ? comp8(x8, wd, 2 * h + 1) : 0u,
+                             magic_pair<M>(wv[0][wd] >> (4 * h)), magic_pair<M>(wv[0][wd] >> (4 * h + 2)),
+                             magic_pair<M>(wv[1][wd] >> (4 * h)), magic_pair<M>(wv[1][wd] >> (4 * h + 2)));
                     }
             }
-            if constexpr (S::G > 0) {  // fold the group: acc += (both chains) × s[group, column]
+            // Σx of the group for the lane's two activation rows: tokens 2t, 2t + 1 (<= 8 rows) or rows g, g + 8
+            const float sum_x[2] = {sums[gs * 16 + (TWO_HALVES ? g : 2 * t)],
+                                    sums[gs * 16 + (TWO_HALVES ? g + 8 : 2 * t + 1)]};
+            if constexpr (S::G > 0) {  // fold the group: acc += (both chains - (128 + z)·Σx) × s[group, column]
+                if constexpr (!S::sym) {
+                    const uint8_t *zg =
+                        reinterpret_cast<const uint8_t *>(sb + F::a_bytes + F::s_bytes) + gs * kBN + 16 * warp;
+#pragma unroll
+                    for (int j = 0; j < 2; j++)
+#pragma unroll
+                        for (int i = 0; i < 2; i++) zf[j][i] = 128.f + zg[8 * j + (TWO_HALVES ? 2 * t + i : g)];
+                }
                 const __half *sc = reinterpret_cast<const __half *>(sb + F::a_bytes) + gs * kBN + 16 * warp;
-                if constexpr (TWO_HALVES) {  // C[row][n]: columns 8j + 2t, 8j + 2t + 1
+                if constexpr (TWO_HALVES) {  // C[row][n]: columns 8j + 2t, 8j + 2t + 1 of rows g (e < 2), g + 8
 #pragma unroll
                     for (int j = 0; j < 2; j++) {
                         const float2 s = __half22float2(*reinterpret_cast<const __half2 *>(sc + 8 * j + 2 * t));
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
-                            r.acc[0][j][e] = fmaf(part[j][0][e] + part[j][1][e], (e & 1) ? s.y : s.x, r.acc[0][j][e]);
+                            const float v = fmaf(-zf[j][e & 1], sum_x[e >> 1], part[j][0][e] + part[j][1][e]);
+                            r.acc[0][j][e] = fmaf(v, (e & 1) ? s.y : s.x, r.acc[0][j][e]);
                             part[j][0][e] = part[j][1][e] = 0.f;
                         }
                     }
-                } else {  // C[n][token]: columns g (e = 0, 1) and 8 + g (e = 2, 3)
+                } else {  // C[n][token]: columns g (e = 0, 1) and 8 + g (e = 2, 3) of tokens 2t + (e & 1)
                     const float s0 = __half2float(sc[g]), s1 = __half2float(sc[8 + g]);
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        r.acc[0][0][e] = fmaf(part[0][0][e] + part[0][1][e], e < 2 ? s0 : s1, r.acc[0][0][e]);
+                        const float v = fmaf(-zf[e >> 1][0], sum_x[e & 1], part[0][0][e] + part[0][1][e]);
+                        r.acc[0][0][e] = fmaf(v, e < 2 ? s0 : s1, r.acc[0][0][e]);
                         part[0][0][e] = part[0][1][e] = 0.f;
                     }
                 }
+            } else {
+                sum_x_total[0] += sum_x[0];
+                sum_x_total[1] += sum_x[1];
             }
         }
     };
 
-    // ---- pipeline: D chunks ahead; a CTA barrier only where a slice starts ----
+    // ---- pipeline: D chunks ahead; CTA barriers only where a slice starts ----
 #pragma unroll
     for (int i = 0; i < F::D; i++) {
         issue_chunk(c_begin + i);
@@ -891,19 +971,27 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
         cp_async_wait<F::D - 1>();
         // chunk c visible to the whole warp, every lane done with chunk c - 1 (whose slot the copy below may reuse)
         __syncwarp();
-        // slice c / C visible; every warp is past slice c / C - 1
-        if (c % F::C == 0 || c == c_begin) __syncthreads();
+        const bool slice_start = c % F::C == 0 || c == c_begin;
+        // slice c / C landed (every thread's part of it); every warp is past slice c / C - 1
+        if (slice_start) __syncthreads();
         issue_chunk(c + F::D);
         cp_async_commit();
+        if (slice_start) {  // reorder and sum slice c / C while the copies above fly; then every warp may read it
+            stream_prepare_slice<ID>(smem, c / F::C, m);
+            __syncthreads();
+        }
         if (warp_active) compute_chunk(c);
     }
     cp_async_wait<0>();
     __syncthreads();  // the next tile may overwrite every buffer
-    if constexpr (S::G < 0) {
+    if constexpr (S::G < 0) {  // per-channel: the zero points' share of the whole segment at once
 #pragma unroll
         for (int j = 0; j < 2; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) r.acc[0][j][e] = part[j][0][e] + part[j][1][e];
+            for (int e = 0; e < 4; e++)
+                r.acc[0][j][e] = TWO_HALVES ? fmaf(-zf[j][e & 1], sum_x_total[e >> 1], part[j][0][e] + part[j][1][e])
+                                 : j == 0   ? fmaf(-zf[e >> 1][0], sum_x_total[e & 1], part[0][0][e] + part[0][1][e])
+                                            : 0.f;
     }
     if (seg.segments > 1) {  // a partial tile: publish it; the last segment to arrive finishes the tile
         float4 *mine = reinterpret_cast<float4 *>(seg.slots + (size_t)seg.ordinal * kSlotFloats + threadIdx.x * 8);
@@ -940,7 +1028,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
             for (int e = 0; e < 2; e++) {
                 const int token = 2 * t + e;
                 if (token < m)
-                    y[(job.row0 + token) * ldy + p.out_col + col] = __bfloat16_as_ushort(__float2bfloat16_rn(r.acc[0][0][2 * half + e] * cs));
+                    y[(row0 + token) * ldy + p.out_col + col] = __bfloat16_as_ushort(__float2bfloat16_rn(r.acc[0][0][2 * half + e] * cs));
             }
         }
     }
