@@ -675,7 +675,8 @@ __device__ __forceinline__ int stream_unit_swizzle(int unit, int row) {
 
 /* The slice functions run once per KA of K (every other chunk for w4, every chunk for w2) and are kept out of line,
  * so the hot loop's code stays small: with them inline and the group loop unrolled, waiting for instructions was a
- * fifth of the warps' stall cycles (Nsight Compute: 1.7 cycles per issued instruction; 0.5 now, NOTES session 7). */
+ * fifth of the warps' stall cycles (Nsight Compute: 1.7 cycles per issued instruction, 0.5-0.9 since; NOTES
+ * session 7). */
 
 // Copy slice s of the tile's activations (its m rows), scales and zeros into slice buffer s % NA (all threads).
 template <int ID>
