@@ -623,7 +623,9 @@ __device__ __forceinline__ void epilogue(Accum<ID, T> &r, const TileJob &job, co
  * Activations, scales and zeros are shared by the 8 warps: the CTA copies them per slice of KA = 512 k
  * into one of NA slice buffers (rows >= M are never read back into results, so only the tile's M rows are
  * copied).  A slice rides in the same cp.async group as the first weight chunk that needs it, and the only CTA
- * barrier is at a slice's first chunk; NA = 1 + ceil(depth / chunks per slice) buffers make the early copy safe.
+ * barriers are at a slice's first chunk (one for the copy to land, one after stream_prepare_slice; a version with
+ * slices one ahead and a single barrier measured no faster, NOTES session 7); NA = 1 + ceil(depth / chunks per
+ * slice) buffers make the early copy safe.
  * Activation rows are 16-byte units XOR-swizzled (unit u of row r at u ^ (u >> 3 & 1) ^ (r & 1) << 1), so the 8
  * lanes of one LDS.128 phase (rows g, g + 1; t = 0..3 at 64-byte steps) hit 8 different bank quads.
  *
@@ -643,8 +645,8 @@ struct StreamFacts {
     static constexpr int pack_bytes = 4 * W;        // one lane's 32 codes of one row
     static constexpr int piece = pack_bytes;        // a lane's pack in the ring: 16 (w4) or 8 (w2) bytes
     // Weight chunks in flight per warp while it computes one, and k per activation slice.  (w4 with 3 chunks in
-    // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16; what bounds the tile is not
-    // settled, bench/NOTES-gpu.md sessions 3-4.)
+    // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16; what bounds the tile:
+    // bench/NOTES-gpu.md sessions 3-4 and 7, ~8 cycles per instruction spread over many stall reasons.)
     static constexpr int D = 2;
     static constexpr int KA = 512;
     static constexpr int C = KA / CK;                                 // chunks per slice
