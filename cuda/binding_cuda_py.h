@@ -12,6 +12,12 @@
 /* Raise the exception of err->status (ValueError / MemoryError / RuntimeError) with err->message; returns NULL. */
 PyObject *mx_cuda_py_raise(const mx_error *err);
 
+/* The activation tuple both the GEMM (acts) and the routing kernels (buffers) take: (bf16, int8, fp8, int4,
+ * scale_int8, scale_fp8, scale_int4, ld[, rowsum_int8]) -> ptrs[0..6] = the first seven device pointers (0 = absent),
+ * *ld = the row stride in elements, ptrs[7] = the int8 rows' code sums (0 when the tuple has 8 elements).  1, or 0
+ * with a TypeError naming `what`. */
+int mx_cuda_py_parse_act_tuple(PyObject *obj, const char *what, unsigned long long ptrs[8], long long *ld);
+
 extern PyMethodDef mx_cuda_py_gemm_methods[];  /* cuda/gemm_py.c */
 extern PyMethodDef mx_cuda_py_route_methods[]; /* cuda/route_py.c */
 

@@ -123,17 +123,9 @@ static PyObject *py_gemm_workspace_bytes(PyObject *self, PyObject *args) {
 // acts: (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld[, rowsum_int8]) device pointers (0 = absent) +
 // row stride, and optionally the int8 rows' code sums
 static int parse_acts(PyObject *obj, mx_cuda_activations *acts) {
-    unsigned long long p[7], rowsum = 0;
+    unsigned long long p[8];
     long long ld;
-    const Py_ssize_t size = PyTuple_Check(obj) ? PyTuple_GET_SIZE(obj) : -1;
-    if ((size != 8 && size != 9) ||
-        !PyArg_ParseTuple(obj, "KKKKKKKL|K", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &ld, &rowsum)) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, "acts must be a tuple (bf16_ptr, int8_ptr, fp8_ptr, int4_ptr, "
-                                         "scale_int8_ptr, scale_fp8_ptr, scale_int4_ptr, ld[, rowsum_int8_ptr]) of "
-                                         "ints");
-        return 0;
-    }
+    if (!mx_cuda_py_parse_act_tuple(obj, "acts", p, &ld)) return 0;
     acts->d_bf16 = (const uint16_t *)(uintptr_t)p[0];
     acts->d_int8 = (const int8_t *)(uintptr_t)p[1];
     acts->d_fp8 = (const uint8_t *)(uintptr_t)p[2];
@@ -142,7 +134,7 @@ static int parse_acts(PyObject *obj, mx_cuda_activations *acts) {
     acts->d_scale_fp8 = (const float *)(uintptr_t)p[5];
     acts->d_scale_int4 = (const float *)(uintptr_t)p[6];
     acts->ld = ld;
-    acts->d_rowsum_int8 = (const int32_t *)(uintptr_t)rowsum;
+    acts->d_rowsum_int8 = (const int32_t *)(uintptr_t)p[7];
     return 1;
 }
 

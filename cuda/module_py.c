@@ -13,6 +13,19 @@
 
 PyObject *mx_cuda_py_raise(const mx_error *err) { return mx_py_raise_error(err); }
 
+int mx_cuda_py_parse_act_tuple(PyObject *obj, const char *what, unsigned long long ptrs[8], long long *ld) {
+    const Py_ssize_t size = PyTuple_Check(obj) ? PyTuple_GET_SIZE(obj) : -1;
+    ptrs[7] = 0;
+    if ((size != 8 && size != 9) || !PyArg_ParseTuple(obj, "KKKKKKKL|K", &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3],
+                                                      &ptrs[4], &ptrs[5], &ptrs[6], ld, &ptrs[7])) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a tuple (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, "
+                                      "ld[, rowsum_int8]) of device pointers (0 = absent) and the row stride", what);
+        return 0;
+    }
+    return 1;
+}
+
 /* device_status() -> (ok, message): whether the current CUDA device can run the kernels (sm_80+), never raises
  * and never crashes without a driver (cudaGetDeviceCount then just returns an error code). */
 static PyObject *py_device_status(PyObject *self, PyObject *args) {

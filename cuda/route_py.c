@@ -16,16 +16,9 @@ static void *as_ptr(unsigned long long value) { return (void *)(uintptr_t)value;
 /* (bf16, int8, fp8, int4, scale_int8, scale_fp8, scale_int4, ld[, rowsum_int8]) -> mx_cuda_act_buffers; 0 with an
  * exception. */
 static int parse_act_buffers(PyObject *obj, mx_cuda_act_buffers *out) {
-    unsigned long long p[7], rowsum = 0;
+    unsigned long long p[8];
     long long ld;
-    if (!PyTuple_Check(obj) || (PyTuple_GET_SIZE(obj) != 8 && PyTuple_GET_SIZE(obj) != 9)) {
-        PyErr_SetString(PyExc_TypeError, "buffers must be a tuple (bf16, int8, fp8, int4, scale_int8, scale_fp8, "
-                                         "scale_int4, ld[, rowsum_int8]) of device pointers (0 = not produced) and "
-                                         "the row stride");
-        return 0;
-    }
-    if (!PyArg_ParseTuple(obj, "KKKKKKKL|K", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &ld, &rowsum))
-        return 0;
+    if (!mx_cuda_py_parse_act_tuple(obj, "buffers", p, &ld)) return 0;
     out->d_bf16 = (uint16_t *)as_ptr(p[0]);
     out->d_int8 = (int8_t *)as_ptr(p[1]);
     out->d_fp8 = (uint8_t *)as_ptr(p[2]);
@@ -34,7 +27,7 @@ static int parse_act_buffers(PyObject *obj, mx_cuda_act_buffers *out) {
     out->d_scale_fp8 = (float *)as_ptr(p[5]);
     out->d_scale_int4 = (float *)as_ptr(p[6]);
     out->ld = ld;
-    out->d_rowsum_int8 = (int32_t *)as_ptr(rowsum);
+    out->d_rowsum_int8 = (int32_t *)as_ptr(p[7]);
     return 1;
 }
 
