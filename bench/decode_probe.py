@@ -38,7 +38,7 @@ def schedule_table_bytes(n_problems: int) -> int:
     """The workspace's head (counters, tile groups, prefix sums, arrivals): cuda/sm90_mixed_grouped_gemm.cu
     schedule_bytes without the split tail's slots."""
     max_ctas = 2 * torch.cuda.get_device_properties(0).multi_processor_count
-    return (64 + 96 * n_problems + 8 * (n_problems + 1) + 4 * max_ctas + 255) // 256 * 256
+    return (64 + 96 * n_problems + 8 * (n_problems + 1) + 4 * 2 * max_ctas + 255) // 256 * 256  # arrivals: 2 per CTA
 
 
 def main(argv=None) -> int:

@@ -102,7 +102,7 @@ MX_API enum mx_status mx_cuda_gemm_problems_check(const mx_cuda_problem *problem
  * acts: host struct of device pointers; y: device bf16 [max_rows, ldy], each problem writes
  * y[rows of its expert, out_col : out_col + n]; workspace: device, mx_cuda_gemm_workspace_bytes(max_rows,
  * n_problems) bytes, 16-byte aligned, no initialization needed (its size depends on the current device's SM count:
- * the split tail's partial tiles; ~4.3 MB on an H100).  Two launches on `stream` (a one-block schedule kernel, then
+ * the split tail's partial tiles; ~6.5 MB on an H100).  Two launches on `stream` (a one-block schedule kernel, then
  * the persistent GEMM), no host sync, no allocation: CUDA-graph capturable.  Results are deterministic: the split
  * tail sums its partial tiles in a fixed order.  Environment: MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole,
  * MXMOE_GEMM_SPLIT_COST=<chunks> overrides the split's cost model (A/B benchmarks, tests of both paths). */

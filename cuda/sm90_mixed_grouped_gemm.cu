@@ -32,8 +32,8 @@
  *
  *   Heaviest tiles are claimed first (longest-processing-time-first), so the light tail balances the SMs.  Within
  *   a problem the n-tiles of one m-tile are consecutive: CTAs working at the same time share the A rows in L2.
- *   A launch of fewer tiles than CTAs cuts its decode stream tiles along K into up to one piece per CTA, when the
- *   pieces come out much shorter than the tiles ("Split tail" below).
+ *   The last full round of tiles and the partial one after it are cut along K into one piece per CTA where they
+ *   are decode stream tiles and the pieces come out much shorter than whole tiles would take ("Split tail" below).
  *
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
@@ -205,20 +205,23 @@ struct TileGroup {       // one problem, in rank order (heaviest first)
 };
 static_assert(sizeof(TileGroup) == 96, "TileGroup is a 96-byte record");
 
-/* Split tail (stream-K for launches that leave CTAs idle).  With fewer tiles N than CTAs C — decode of a few
- * experts with long K — the decode stream tiles after the last problem that cannot be split (the "tail": all of
- * them, usually) are cut along K: their k-chunks are laid end to end (Q chunks, tile after tile in rank order) and
- * split into P = min(C - W, Q) equal pieces, W the whole tiles before the tail: those take the first W claims and
- * the pieces the next P, one claim per CTA.  A piece may cover the end of one tile and the start of the next: one
- * segment per tile it touches.
+/* Split tail (stream-K where CTAs would idle).  Of N tiles on C CTAs, the first (floor(N / C) - 1)·C are claimed
+ * whole, one by one; the rest (the "stretch": the last full round and the partial one, C + N % C tiles; all N when
+ * N < 2C) would leave CTAs idle while others run one more tile.  Its decode stream tiles after the last problem
+ * that cannot be split (the "tail": all of them, usually) are cut along K: their k-chunks are laid end to end (Q
+ * chunks, tile after tile in rank order) and split into P = min(C - W, Q) equal pieces, W the whole tiles of the
+ * stretch before the tail: those take the stretch's first W claims and the pieces the next P, one claim per CTA.
+ * A piece may cover the end of one tile, whole tiles and the start of the next: one segment per tile it touches.
  *
- *   claim ids:  0 ............ tail_start | tail_start ... tail_start + P   (= total)
- *               whole tiles                pieces j: tail chunks [jQ/P, (j+1)Q/P)
+ *   claim ids:  0 .... stretch start .... tail_start | tail_start ... tail_start + P   (= total)
+ *               whole tiles                            pieces j: tail chunks [jQ/P, (j+1)Q/P)
  *
  * A segment that covers a whole tile stores it directly.  Otherwise it writes its fp32 partial tile to slot
- * (j + tail tile index) — unique per segment, < P + tail tiles <= 2C — and increments the tile's arrival counter;
- * the last segment to arrive sums the tile's slots in piece order (the result does not depend on timing) and runs
- * the epilogue.  The schedule kernel zeroes the counters before every launch, so the slots need no initialization. */
+ * (j + tail tile index) — unique per segment, < P + tail tiles < 3C — and increments the tile's arrival counter
+ * (tail tiles < 2C); the last segment to arrive sums the tile's slots in piece order (the result does not depend on
+ * timing) and runs the epilogue.  The schedule kernel zeroes the counters before every launch, so the slots need no
+ * initialization.  The cost model keeps launches of equal tiles whole (their pieces lose: per-claim timestamps in
+ * NOTES session 8); it splits where a few long tiles would finish far behind the rest. */
 constexpr int kSlotFloats = kThreads * 8;  // one partial tile: 8 fp32 accumulators per thread
 // A segment's start + a split tile's finish, in chunks of streaming (MXMOE_GEMM_SPLIT_COST overrides it: A/B
 // measurements, tests of both sides of the threshold).
@@ -233,14 +236,14 @@ struct Schedule {        // views into the caller's workspace
     TileGroup *groups;   // [n_problems]
     int32_t *tile_start; // [n_problems + 1] exclusive prefix sum of tiles in rank order
     int32_t *chunk_start;// [n_problems + 1] exclusive prefix sum of tail chunks in rank order
-    int32_t *arrivals;   // [max_ctas] segments arrived per tail tile
-    float *slots;        // [2 max_ctas][kSlotFloats] partial tiles
+    int32_t *arrivals;   // [2 max_ctas] segments arrived per tail tile
+    float *slots;        // [3 max_ctas][kSlotFloats] partial tiles
 };
 
 __host__ __device__ inline size_t schedule_bytes(int32_t n_problems, int32_t max_ctas) {
     const size_t tables = 64 + sizeof(TileGroup) * (size_t)n_problems + 8 * ((size_t)n_problems + 1) +
-                          4 * (size_t)max_ctas;
-    return (tables + 255) / 256 * 256 + sizeof(float) * kSlotFloats * 2 * (size_t)max_ctas;
+                          4 * 2 * (size_t)max_ctas;
+    return (tables + 255) / 256 * 256 + sizeof(float) * kSlotFloats * 3 * (size_t)max_ctas;
 }
 
 __host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_problems, int32_t max_ctas) {
@@ -259,7 +262,7 @@ __host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_pro
     s.chunk_start = reinterpret_cast<int32_t *>(base + off);
     off += 4 * ((size_t)n_problems + 1);
     s.arrivals = reinterpret_cast<int32_t *>(base + off);
-    off += 4 * (size_t)max_ctas;
+    off += 4 * 2 * (size_t)max_ctas;
     s.slots = reinterpret_cast<float *>(base + (off + 255) / 256 * 256);
     return s;
 }
@@ -1496,10 +1499,10 @@ __global__ void __launch_bounds__(1024)
     __shared__ int chunks_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int rank_of[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int warp_sums[32];
-    __shared__ int last_unsplit_rank, split_from;
+    __shared__ int last_unsplit_rank, split_from, max_tail_tile_chunks;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     launch_dependents();  // let the GEMM's CTAs start now; they wait in grid_dependency_wait for our results
-    if (tid == 0) last_unsplit_rank = -1, split_from = 0;
+    if (tid == 0) last_unsplit_rank = -1, split_from = 0, max_tail_tile_chunks = 0;
     TileGroup mine{};
     int my_tiles = 0;
     if (tid < n_problems) {
@@ -1550,30 +1553,37 @@ __global__ void __launch_bounds__(1024)
     if (tid < n_problems) sched.tile_start[tid + 1] = tiles_end;
     if (tid == last_unsplit_rank) split_from = tiles_end;  // only the ranks after it may be split
     __syncthreads();
-    // Split only a launch of fewer tiles than CTAs (one partial round: CTAs would idle), from the first tile after
-    // the last problem that cannot be split.  Cutting the partial last round that follows full rounds measured
-    // slower (Qwen1.5-MoE gate_up at 16 tokens, 550 tiles on 264 CTAs: 66.9 -> 71.4 µs).
-    const int tail_start = ctas > 0 && total_tiles < ctas ? split_from : total_tiles;
+    // Whole tiles for every full round but the last; the last full round and the partial one after it (the
+    // "stretch": C + total % C tiles, or all of them below 2C) are cut into one piece per CTA, from the first tile
+    // after the last problem that cannot be split.  Cutting only the partial round measured slower (Qwen1.5-MoE
+    // gate_up at 16 tokens, 550 tiles on 264 CTAs: 66.9 -> 71.4 µs: its 22 tiles became 264 pieces of < 1 chunk).
+    const int stretch_start = ctas > 0 ? max(0, total_tiles / ctas - 1) * ctas : total_tiles;
+    const int tail_start = max(split_from, stretch_start);
     const int tiles_begin = tiles_end - rank_tiles;
-    const int rank_tail_chunks = max(0, tiles_end - max(tiles_begin, tail_start)) *
-                                 (tid < n_problems ? chunks_of_rank[tid] : 0);
-    const int tail_chunks_end = block_inclusive_sum(rank_tail_chunks, warp_sums);
+    const int rank_tail_tiles = max(0, tiles_end - max(tiles_begin, tail_start));
+    const int rank_chunks = tid < n_problems ? chunks_of_rank[tid] : 0;
+    if (rank_tail_tiles > 0) atomicMax(&max_tail_tile_chunks, rank_chunks);
+    const int tail_chunks_end = block_inclusive_sum(rank_tail_tiles * rank_chunks, warp_sums);  // syncs the block
     const int tail_chunks = warp_sums[31];
     if (tid < n_problems) sched.chunk_start[tid + 1] = tail_chunks_end;
-    for (int i = tid; i < total_tiles - tail_start; i += blockDim.x) sched.arrivals[i] = 0;  // < ctas tiles
-    // One piece per CTA that no whole tile keeps busy: the first tail_start claims take the whole tiles, the next
-    // ones the pieces, so every CTA makes one claim and no piece queues behind a whole tile (cutting the tail into
-    // `ctas` pieces did, and measured slower than no split on Mixtral's mixed decode plans: down projection at 16
-    // tokens 244 -> 276 µs).  tail_start <= total_tiles < ctas wherever tail_chunks > 0.
-    const int pieces = min(ctas - tail_start, tail_chunks), tail_tiles = total_tiles - tail_start;
-    // Worth it only when a piece is much shorter than the tiles it replaces: a segment pays a tile start (first
-    // chunks' memory latency, the activation slice) and a split tile a finish (slots written, fenced, summed),
-    // together ~kSplitCostChunks chunks of streaming, and the predicted time must drop by a fifth at least
+    for (int i = tid; i < total_tiles - tail_start; i += blockDim.x) sched.arrivals[i] = 0;  // < 2 ctas tiles
+    // One piece per CTA that no whole tile of the stretch keeps busy: the claims before tail_start take the whole
+    // tiles, the next ones the pieces, so every CTA makes one claim in the stretch and no piece queues behind a
+    // whole tile (cutting the tail into `ctas` pieces did, and measured slower than no split on Mixtral's mixed
+    // decode plans: down projection at 16 tokens 244 -> 276 µs).
+    const int pieces = min(ctas - (tail_start - stretch_start), tail_chunks), tail_tiles = total_tiles - tail_start;
+    // Worth it only when a piece is much shorter than what the stretch takes unsplit (its rounds of average tail
+    // tiles, at least its longest tile): a segment pays a tile start (first chunks' memory latency, the activation
+    // slice: 4-7 µs per tile start under load, NOTES session 8) and a split tile a finish (slots written, fenced,
+    // summed), together ~split_cost chunks of streaming, and the predicted time must drop by a fifth at least
     // (measured on the H100: splitting the 6-8-chunk tiles of Qwen1.5-MoE / DeepSeek-V2-Lite at 1 token lost up to
     // 25 %, the 56-chunk tiles of Mixtral's down projection at 1 and 4 tokens ran 1.6x and 1.3x faster, and at 16
-    // tokens, pieces of 48 + 6 chunks for tiles of 56, the layer ran ~10 % slower).
-    const int64_t piece_cost = (tail_chunks + pieces - 1) / pieces + split_cost;
-    const bool worth_it = pieces > 0 && 5 * piece_cost * tail_tiles <= 4 * (int64_t)tail_chunks;
+    // tokens, pieces of 48 + 6 chunks for tiles of 56, the layer ran ~10 % slower; a launch mixing 16 tiles of 22
+    // chunks into 400 of 6 ran 85 -> 58 µs).
+    const int64_t stretch_rounds = (total_tiles - stretch_start + ctas - 1) / max(ctas, 1);
+    const int64_t unsplit = max(stretch_rounds * tail_chunks, (int64_t)max_tail_tile_chunks * tail_tiles);
+    const int64_t piece_cost = pieces > 0 ? (tail_chunks + pieces - 1) / pieces + split_cost : 0;
+    const bool worth_it = pieces > 0 && 5 * piece_cost * tail_tiles <= 4 * unsplit;
     if (tid == 0) {
         sched.tile_start[0] = 0;
         sched.chunk_start[0] = 0;

@@ -250,6 +250,47 @@ def test_gemm_fused_split_runs(cost, monkeypatch):
     np.testing.assert_array_equal(first, layer.run())
 
 
+def _schedule_header(layer: Layer) -> dict[str, int]:
+    """The schedule kernel's scalars at the start of the workspace (schedule_view in the kernel source)."""
+    head = layer.workspace[:20].cpu().numpy().view(np.int32)
+    return {"total": int(head[1]), "tail_start": int(head[2]), "pieces": int(head[3]), "tail_chunks": int(head[4])}
+
+
+@needs_gpu
+@pytest.mark.parametrize("cost", ["0", None, "1000000"])
+def test_gemm_fused_split_stretch(cost, monkeypatch):
+    """A launch of more than two rounds of tiles: the last full round and the partial one (the stretch) are cut into
+    pieces, the rounds before it run whole.  Problems of w8a16 (no stream kernel: never split; the heaviest tiles,
+    so ranked first) reach into the stretch, so its first claims are whole w8 tiles and the pieces follow; then w4
+    g128, w4 per-channel and w2 g128 problems, K = 1152 (4.5 chunks of w4, 2.25 of w2), 1-16 rows per expert (both
+    mma layouts).  At split cost 0 the schedule must split (read back from the workspace); every setting matches the
+    reference, bit-identical over two launches."""
+    torch = _torch()
+    if cost is None:
+        monkeypatch.delenv("MXMOE_GEMM_SPLIT_COST", raising=False)
+    else:
+        monkeypatch.setenv("MXMOE_GEMM_SPLIT_COST", cost)
+    ctas = 2 * torch.cuda.get_device_properties(0).multi_processor_count  # the decode variant's grid
+    k, n = 1152, 1024  # 8 tiles per problem
+    problems_count = (9 * ctas // 4 + 7) // 8  # ~2.25 rounds of tiles
+    w8_count = (ctas + ctas // 8 + 7) // 8     # whole tiles up to ~1/8 into the stretch
+    names = ["w8a16_g-1_sym"] * w8_count + [("w4a16_g128_asym", "w4a16_g-1_asym", "w2a16_g128_asym")[e % 3]
+                                            for e in range(problems_count - w8_count)]
+    expert_rows = [int(r) for r in np.random.default_rng(80).integers(1, 17, size=len(names))]
+    x = _random_x(sum(expert_rows), k, seed=81)
+    problems = [(name, e, n, 0) for e, name in enumerate(names)]
+    layer = Layer(x, expert_rows, problems, seed=82)
+    first = layer.run()
+    header = _schedule_header(layer)
+    if cost == "0":
+        assert header["tail_start"] == w8_count * 8 and header["pieces"] > 0, header
+        assert header["total"] == header["tail_start"] + header["pieces"], header
+    if cost == "1000000":
+        assert header["pieces"] == 0 and header["tail_start"] == header["total"] == len(names) * 8, header
+    _check(layer, first, OUT_BF16_TOL, f"{cost=}")
+    np.testing.assert_array_equal(first, layer.run())
+
+
 @needs_gpu
 @pytest.mark.parametrize("scheme_name, rowsum", [("w8a8_g-1_sym", False), ("w8a8_g-1_sym", True),
                                                  ("w8a8_g-1_sym_fp8", False)])
