@@ -29,7 +29,8 @@ EDITS = [
      "__shared__ unsigned long long g_diag_marks[2];\n"
      "__device__ __forceinline__ unsigned long long diag_now() {\n"
      "    unsigned long long t; asm volatile(\"mov.u64 %0, %globaltimer;\" : \"=l\"(t)); return t; }\n"
-     "__device__ __forceinline__ int diag_smid() { int s; asm volatile(\"mov.u32 %0, %smid;\" : \"=r\"(s)); return s; }\n"
+     "__device__ __forceinline__ int diag_smid() {\n"
+     "    int s; asm volatile(\"mov.u32 %0, %smid;\" : \"=r\"(s)); return s; }\n"
      "struct Schedule {        // views into the caller's workspace"),
     ("    float *slots;        // [3 max_ctas][kSlotFloats] partial tiles\n};",
      "    float *slots;        // [3 max_ctas][kSlotFloats] partial tiles\n"
@@ -48,7 +49,8 @@ EDITS = [
      "    if (threadIdx.x == 0) {\n"
      "        const int slot = atomicAdd(sched.diag_count, 1);\n"
      "        if (slot < (int)kDiagRecords)\n"
-     "            sched.diag[slot] = DiagRecord{-1, (int32_t)blockIdx.x, diag_smid(), 2, diag_entry, diag_now(), 0, 0};\n"
+     "            sched.diag[slot] = DiagRecord{-1, (int32_t)blockIdx.x, diag_smid(), 2, diag_entry, diag_now(),\n"
+     "                                          0, 0};\n"
      "    }\n"),
     # one record per claim
     ("    while (tile < total) {\n        int next = 0;\n",
@@ -58,7 +60,8 @@ EDITS = [
      "        if (threadIdx.x == 0) {\n"
      "            const int slot = atomicAdd(sched.diag_count, 1);\n"
      "            if (slot < (int)kDiagRecords)\n"
-     "                sched.diag[slot] = DiagRecord{tile, (int32_t)blockIdx.x, diag_smid(), tile < tail_start ? 0 : 1,\n"
+     "                sched.diag[slot] = DiagRecord{tile, (int32_t)blockIdx.x, diag_smid(),\n"
+     "                                              tile < tail_start ? 0 : 1,\n"
      "                                              diag_t0, diag_now(), g_diag_marks[0], g_diag_marks[1]};\n"
      "        }\n"
      "        if (threadIdx.x == 0) claimed = next;\n"),
