@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm import activations, scheme_weights, zipf_expert_rows  # noqa: E402
-from mxmoe import _cuda  # noqa: E402
+from bench_gemm import FusedCall, activations, scheme_weights, zipf_expert_rows  # noqa: E402
+from timeline_patch import DIAG_RECORDS  # noqa: E402
 from mxmoe.bench_kernels import time_us  # noqa: E402
 
-DIAG_RECORDS = 16384
 RECORD = np.dtype([("tile", "<i4"), ("cta", "<i4"), ("smid", "<i4"), ("kind", "<i4"),
                    ("t0", "<u8"), ("t1", "<u8"), ("t_ready", "<u8"), ("t_loop", "<u8")])
 NEVER = "1000000"
@@ -41,37 +40,25 @@ CASES = [
 ]
 
 
-def launch(groups, tokens: int, scheme: str = "w4a16_g128_asym"):
-    """The fused call of one case, its workspace and the buffers it points to."""
-    records, expert_rows, keep = [], [], []
+def launch(groups, tokens: int, scheme: str = "w4a16_g128_asym") -> FusedCall:
+    """The fused call of one case (bench_gemm.FusedCall over every group's experts; workspace: call.workspace)."""
+    problems, expert_rows, weights = [], [], {"qweight": [], "scales": [], "zeros": []}
     max_k, max_n = max(g[1] for g in groups), max(g[0] for g in groups)
     for n, k, rows, count, top_k in groups:
         w = scheme_weights(scheme, count, n, k)
-        keep.append(w)
         counts = zipf_expert_rows(tokens, count, top_k, seed=tokens) if rows is None else np.full(count, rows)
         for i in range(count):
-            records.append((scheme, len(expert_rows), n, k, 0, w["qweight"][i].data_ptr(), w["scales"][i].data_ptr(),
-                            w["zeros"][i].data_ptr()))
+            for name in weights:  # indexed by expert below, as FusedCall reads them
+                weights[name].append(w[name][i])
+            problems.append((scheme, len(expert_rows), n, k, 0, weights))
             expert_rows.append(int(counts[i]))
     rows = sum(expert_rows)
     row_offsets = torch.tensor(np.concatenate([[0], np.cumsum(expert_rows)]), dtype=torch.int32, device="cuda")
-    acts = activations(rows, max_k)
     y = torch.empty(rows, max_n, dtype=torch.bfloat16, device="cuda")
-    table, info = _cuda.gemm_problems_pack(records)
-    d_table = torch.frombuffer(bytearray(table), dtype=torch.uint8).cuda()
-    workspace_bytes = _cuda.gemm_workspace_bytes(rows, len(records))
-    workspace = torch.zeros(workspace_bytes, dtype=torch.uint8, device="cuda")
-    scale = acts["scale"].data_ptr()
-    args = dict(problems=d_table.data_ptr(), info=info, row_offsets=row_offsets.data_ptr(), n_groups=len(records),
-                max_rows=rows, acts=(acts["bf16"].data_ptr(), acts["int8"].data_ptr(), acts["fp8"].data_ptr(),
-                                     acts["int4"].data_ptr(), scale, scale, scale, max_k,
-                                     acts["rowsum_int8"].data_ptr()),
-                y=y.data_ptr(), ldy=max_n, workspace=workspace.data_ptr(), workspace_bytes=workspace_bytes)
-    keep += [row_offsets, acts, y, d_table]
-
-    def call():
-        _cuda.gemm_fused(**args, stream=torch.cuda.current_stream().cuda_stream)
-    return call, workspace, keep
+    acts = activations(rows, max_k)
+    call = FusedCall(problems, row_offsets, len(problems), rows, acts, y)
+    call.keep = (weights, row_offsets, acts, y)  # the device buffers its table and arguments point to
+    return call
 
 
 def summarize(workspace: torch.Tensor) -> dict:
@@ -113,7 +100,7 @@ def main() -> int:
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     results = []
     for name, groups, tokens, costs in CASES:
-        call, workspace, _keep = launch(groups, tokens)
+        call = launch(groups, tokens)
         for cost in costs:
             if cost is None:
                 os.environ.pop("MXMOE_GEMM_SPLIT_COST", None)
@@ -123,7 +110,7 @@ def main() -> int:
             flush.zero_()
             call()
             torch.cuda.synchronize()
-            summary = {"case": name, "split_cost": cost or "default", "graph_us": us, **summarize(workspace)}
+            summary = {"case": name, "split_cost": cost or "default", "graph_us": us, **summarize(call.workspace)}
             results.append(summary)
             print(json.dumps(summary, default=float), flush=True)
     os.environ.pop("MXMOE_GEMM_SPLIT_COST", None)
