@@ -28,6 +28,8 @@ python3 bench/bench_gemm.py --summarize $OUT/kernels-gemm.json 2>&1 | tee -a $LO
 step sanitizer
 timeout 90 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -x tests/test_cuda_gemm.py \
     -k "mixed or graph or split or decode_stream" 2>&1 | tail -12 | tee -a $LOG
+timeout 60 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -x tests/test_cuda_route.py \
+    -k "two_stage" 2>&1 | tail -6 | tee -a $LOG
 step ncu
 [ "${NCU:-1}" != 0 ] && (cd bench && timeout 60 ncu --kernel-name regex:"fused_grouped|schedule" --metrics \
     gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread \

@@ -138,6 +138,17 @@ static int parse_acts(PyObject *obj, mx_cuda_activations *acts) {
     return 1;
 }
 
+static int parse_part(const char *part_name, mx_cuda_gemm_part *part) {
+    if (strcmp(part_name, "all") == 0) *part = MX_CUDA_GEMM_ALL;
+    else if (strcmp(part_name, "schedule") == 0) *part = MX_CUDA_GEMM_SCHEDULE;
+    else if (strcmp(part_name, "compute") == 0) *part = MX_CUDA_GEMM_COMPUTE;
+    else {
+        PyErr_Format(PyExc_ValueError, "part='%s' must be 'all', 'schedule' or 'compute'", part_name);
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *py_gemm_fused(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *keywords[] = {"problems", "info", "row_offsets", "n_groups", "max_rows", "acts", "y", "ldy",
@@ -153,13 +164,7 @@ static PyObject *py_gemm_fused(PyObject *self, PyObject *args, PyObject *kwargs)
                                      &stream, &part_name))
         return NULL;
     mx_cuda_gemm_part part;
-    if (strcmp(part_name, "all") == 0) part = MX_CUDA_GEMM_ALL;
-    else if (strcmp(part_name, "schedule") == 0) part = MX_CUDA_GEMM_SCHEDULE;
-    else if (strcmp(part_name, "compute") == 0) part = MX_CUDA_GEMM_COMPUTE;
-    else {
-        PyErr_Format(PyExc_ValueError, "part='%s' must be 'all', 'schedule' or 'compute'", part_name);
-        return NULL;
-    }
+    if (!parse_part(part_name, &part)) return NULL;
     mx_cuda_problems_info info;
     mx_cuda_activations acts;
     if (!parse_info(info_obj, &info) || !parse_acts(acts_obj, &acts)) return NULL;
@@ -170,6 +175,41 @@ static PyObject *py_gemm_fused(PyObject *self, PyObject *args, PyObject *kwargs)
                                      (const int32_t *)(uintptr_t)d_row_offsets, n_groups, (int64_t)max_rows, &acts,
                                      (uint16_t *)(uintptr_t)d_y, (int64_t)ldy, (void *)(uintptr_t)d_workspace,
                                      (size_t)workspace_bytes, (void *)(uintptr_t)stream, part, &err);
+    Py_END_ALLOW_THREADS;
+    if (status != MX_OK) return mx_cuda_py_raise(&err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gemm_fused_layer(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *keywords[] = {"problems", "info_gate_up", "info_down", "row_offsets", "n_groups", "max_rows", "x",
+                               "gate_up", "ld_gate_up", "h", "ld_h", "I", "down", "ld_down", "workspace",
+                               "workspace_bytes", "stream", "part", NULL};
+    unsigned long long d_problems, d_row_offsets, d_gate_up, d_h, d_down, d_workspace, stream, workspace_bytes;
+    PyObject *info_gu_obj, *info_down_obj, *x_obj;
+    int n_groups;
+    long long max_rows, ld_gate_up, ld_h, I, ld_down;
+    const char *part_name = "all";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KOOKiLOKLKLLKLKKK|s", keywords, &d_problems, &info_gu_obj,
+                                     &info_down_obj, &d_row_offsets, &n_groups, &max_rows, &x_obj, &d_gate_up,
+                                     &ld_gate_up, &d_h, &ld_h, &I, &d_down, &ld_down, &d_workspace, &workspace_bytes,
+                                     &stream, &part_name))
+        return NULL;
+    mx_cuda_gemm_part part;
+    mx_cuda_problems_info info_gate_up, info_down;
+    mx_cuda_activations x;
+    if (!parse_part(part_name, &part) || !parse_info(info_gu_obj, &info_gate_up) ||
+        !parse_info(info_down_obj, &info_down) || !parse_acts(x_obj, &x))
+        return NULL;
+    mx_error err = {MX_OK, ""};
+    enum mx_status status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = mx_cuda_gemm_fused_layer((const mx_cuda_problem *)(uintptr_t)d_problems, &info_gate_up, &info_down,
+                                      (const int32_t *)(uintptr_t)d_row_offsets, n_groups, (int64_t)max_rows, &x,
+                                      (uint16_t *)(uintptr_t)d_gate_up, (int64_t)ld_gate_up,
+                                      (uint16_t *)(uintptr_t)d_h, (int64_t)ld_h, (int64_t)I,
+                                      (uint16_t *)(uintptr_t)d_down, (int64_t)ld_down, (void *)(uintptr_t)d_workspace,
+                                      (size_t)workspace_bytes, (void *)(uintptr_t)stream, part, &err);
     Py_END_ALLOW_THREADS;
     if (status != MX_OK) return mx_cuda_py_raise(&err);
     Py_RETURN_NONE;
@@ -190,5 +230,11 @@ PyMethodDef mx_cuda_py_gemm_methods[] = {
      "optionally the int8 rows' code sums (int32 [rows]). Asynchronous on `stream`. part='schedule' launches only the "
      "schedule kernel into `workspace`, part='compute' only the GEMM that consumes it (mx_cuda.h: "
      "mx_cuda_gemm_fused_part)."},
+    {"gemm_fused_layer", (PyCFunction)(void (*)(void))py_gemm_fused_layer, METH_VARARGS | METH_KEYWORDS,
+     "gemm_fused_layer(problems, info_gate_up, info_down, row_offsets, n_groups, max_rows, x, gate_up, ld_gate_up, "
+     "h, ld_h, I, down, ld_down, workspace, workspace_bytes, stream, part='all')\nThe decode layer's gate_up and "
+     "down GEMMs in one launch (device table `problems` = the gate_up table's bytes then the down table's): "
+     "gate_up = x @ W_gate_up.T, per expert group h = bf16(SiLU(gate)·up) once its gate_up tiles are stored, "
+     "down = h @ W_down.T; down problems must read bf16 (mx_cuda.h: mx_cuda_gemm_fused_layer)."},
     {NULL, NULL, 0, NULL},
 };

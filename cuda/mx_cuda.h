@@ -130,6 +130,24 @@ MX_API enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_problems,
                                               void *d_workspace, size_t workspace_bytes, void *stream,
                                               mx_cuda_gemm_part part, mx_error *err);
 
+/* The decode layer's two GEMMs in ONE launch (the act·up step folded in): d_problems = a device copy of the gate_up
+ * table (checked: *info_gate_up) followed by the down table (*info_down), every down problem reading bf16.  The
+ * gate_up problems read x and write gate_up [rows, ld_gate_up] (gate in columns [0, I), up in [I, 2I): together
+ * they must cover both for every expert group that has down problems); once an expert group's gate_up tiles are
+ * all stored, the launch writes the group's rows of h [rows, ld_h] = bf16(SiLU(gate)·up) — the values
+ * mx_cuda_act_mul_quant writes for a bf16 output without Hadamard — and runs the group's down problems on h into
+ * down [rows, ld_down].  Same schedule/compute parts, workspace (mx_cuda_gemm_workspace_bytes of the two tables'
+ * problem count together) and checks as mx_cuda_gemm_fused_part; n_groups <= 1024.  Worth it at decode, where
+ * down's tiles would otherwise wait for the last gate_up tile (mxmoe.cuda_ops decides when). */
+MX_API enum mx_status mx_cuda_gemm_fused_layer(const mx_cuda_problem *d_problems,
+                                               const mx_cuda_problems_info *info_gate_up,
+                                               const mx_cuda_problems_info *info_down,
+                                               const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
+                                               const mx_cuda_activations *x, uint16_t *d_gate_up, int64_t ld_gate_up,
+                                               uint16_t *d_h, int64_t ld_h, int64_t I, uint16_t *d_down,
+                                               int64_t ld_down, void *d_workspace, size_t workspace_bytes,
+                                               void *stream, mx_cuda_gemm_part part, mx_error *err);
+
 #ifdef __cplusplus
 }
 #endif

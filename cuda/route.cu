@@ -19,6 +19,7 @@
 
 #include <stdio.h>
 
+#include "bf16x8.cuh"
 #include "mx_cuda.h"
 #include "route.cuh"
 #include "warp_scan.cuh"
@@ -43,7 +44,6 @@ constexpr int kRouteTile = 1024;       // (token, slot) pairs per tile (block) o
 constexpr int kRouteThreads = 256;     // threads per routing block: a tile takes kRouteTile / kRouteThreads rounds
 constexpr int kRouteWarps = kRouteThreads / 32;
 constexpr int kRowThreads = 256;       // threads per row (at most, row_threads_for) of the row kernels
-constexpr int kChunk = 8;              // bf16 values per 16-byte access
 constexpr int kCombineSlots = 8;       // routed slots per token the combine kernel keeps in registers
 
 size_t align_up(size_t bytes) { return (bytes + 255) & ~size_t(255); }
@@ -55,29 +55,6 @@ int64_t route_tiles(int64_t pairs) { return (pairs + kRouteTile - 1) / kRouteTil
 // ---------------------------------------------------------------------------------------------------------------
 
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t bits) { return __uint_as_float(uint32_t(bits) << 16); }
-
-// Round to nearest even, as mx_f32_to_bf16 (NaN kept quiet).
-__device__ __forceinline__ uint16_t f32_to_bf16_bits(float x) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-
-// Unpack 8 bf16 from a 16-byte vector.
-__device__ __forceinline__ void unpack8(uint4 v, float out[kChunk]) {
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        out[2 * i] = __uint_as_float(w[i] << 16);
-        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-
-__device__ __forceinline__ uint4 pack8(const float in[kChunk]) {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-        w[i] = uint32_t(f32_to_bf16_bits(in[2 * i])) | (uint32_t(f32_to_bf16_bits(in[2 * i + 1])) << 16);
-    return make_uint4(w[0], w[1], w[2], w[3]);
-}
 
 // op-reduction over the block (every thread gets the result); `scratch` holds one T per warp.  The row kernels'
 // max|x| (f32) and the int8 rows' code sums (int32).
@@ -474,18 +451,6 @@ __device__ void hadamard_rotate(float (&x)[VPT][kChunk], const bool (&valid)[VPT
         }
     }
     __syncthreads(); // the row buffer is reused by the next stage only after every thread has read it
-}
-
-// x = SiLU(gate)·up in f32 for the 8 bf16 values of one 16-byte chunk of each.
-__device__ __forceinline__ void silu_mul8(const uint4 &gate_raw, const uint4 &up_raw, float (&x)[kChunk]) {
-    float g[kChunk], u[kChunk];
-    unpack8(gate_raw, g);
-    unpack8(up_raw, u);
-    // Fast exp and division: Nsight Compute shows act·up + quant at prefill bound by instructions (SM 69 %, DRAM
-    // 31 % of peak; the IEEE expf and division were most of them); their few-ulp f32 error is far below the bf16
-    // rounding of the result, and the quantized copies quantize that bf16 value.
-#pragma unroll
-    for (int i = 0; i < kChunk; ++i) x[i] = __fdividef(g[i], 1.f + __expf(-g[i])) * u[i];
 }
 
 template <int VPT>

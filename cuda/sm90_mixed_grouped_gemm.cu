@@ -34,6 +34,9 @@
  *   a problem the n-tiles of one m-tile are consecutive: CTAs working at the same time share the A rows in L2.
  *   The last full round of tiles and the partial one after it are cut along K into one piece per CTA where they
  *   are decode stream tiles and the pieces come out much shorter than whole tiles would take ("Split tail" below).
+ *   A two-stage launch (mx_cuda_gemm_fused_layer, decode) lists the layer's gate_up problems, then its down
+ *   problems: a group's down tiles wait for the h rows the launch writes once the group's gate_up tiles are
+ *   stored ("Two stages" below).
  *
  * ---- one tile -------------------------------------------------------------------------------------------------
  *
@@ -79,6 +82,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "bf16x8.cuh"
 #include "dequant.cuh"
 #include "mma.cuh"
 #include "warp_scan.cuh"
@@ -237,12 +241,16 @@ struct Schedule {        // views into the caller's workspace
     int32_t *tile_start; // [n_problems + 1] exclusive prefix sum of tiles in rank order
     int32_t *chunk_start;// [n_problems + 1] exclusive prefix sum of tail chunks in rank order
     int32_t *arrivals;   // [2 max_ctas] segments arrived per tail tile
+    // Two-stage launches (see "Two stages" below), per expert group: its stage-0 tiles, those stored so far, and 1
+    // once its h rows are written
+    int32_t *group_expected, *group_done, *group_ready;  // [kMaxStageGroups] each
     float *slots;        // [3 max_ctas][kSlotFloats] partial tiles
 };
+constexpr int kMaxStageGroups = 1024;  // expert groups of a two-stage launch (= the routing's limit)
 
 __host__ __device__ inline size_t schedule_bytes(int32_t n_problems, int32_t max_ctas) {
     const size_t tables = 64 + sizeof(TileGroup) * (size_t)n_problems + 8 * ((size_t)n_problems + 1) +
-                          4 * 2 * (size_t)max_ctas;
+                          4 * 2 * (size_t)max_ctas + 3 * 4 * (size_t)kMaxStageGroups;
     return (tables + 255) / 256 * 256 + sizeof(float) * kSlotFloats * 3 * (size_t)max_ctas;
 }
 
@@ -263,6 +271,10 @@ __host__ __device__ inline Schedule schedule_view(void *workspace, int32_t n_pro
     off += 4 * ((size_t)n_problems + 1);
     s.arrivals = reinterpret_cast<int32_t *>(base + off);
     off += 4 * 2 * (size_t)max_ctas;
+    s.group_expected = reinterpret_cast<int32_t *>(base + off);
+    s.group_done = s.group_expected + kMaxStageGroups;
+    s.group_ready = s.group_done + kMaxStageGroups;
+    off += 3 * 4 * (size_t)kMaxStageGroups;
     s.slots = reinterpret_cast<float *>(base + (off + 255) / 256 * 256);
     return s;
 }
@@ -771,8 +783,9 @@ __device__ __noinline__ void stream_prepare_slice(char *smem, int s, int m) {
     if (row < m && quad % 4 == 0) reinterpret_cast<float *>(sb + F::sums_off)[(quad / 4) * 16 + row] = sum;
 }
 
+// Returns whether this call stored the tile's results (false: a segment whose partial sums another CTA finishes).
 template <int ID, class T, bool TWO_HALVES>
-__device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSegment &seg,
+__device__ __noinline__ bool run_thin_stream(const TileJob &job, const StreamSegment &seg,
                                              const mx_cuda_activations &acts, uint16_t *y, int64_t ldy, char *smem) {
     using S = Scheme<ID>;
     using F = StreamFacts<ID>;
@@ -1008,7 +1021,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
         __shared__ int finisher;
         if (threadIdx.x == 0) finisher = atomicAdd(seg.arrival, 1) == seg.segments - 1;
         __syncthreads();
-        if (!finisher) return;  // uniform over the CTA
+        if (!finisher) return false;  // uniform over the CTA
         __threadfence();
 #pragma unroll
         for (int j = 0; j < 2; j++)
@@ -1038,6 +1051,7 @@ __device__ __noinline__ void run_thin_stream(const TileJob &job, const StreamSeg
             }
         }
     }
+    return true;
 }
 
 // One tile of scheme ID with tile shape T: a stages-deep cp.async pipeline over K, then the epilogue.
@@ -1309,15 +1323,17 @@ __device__ __forceinline__ void run_fat_wgmma(const TileJob &job, const mx_cuda_
 }
 
 // A decode stream tile, or one segment of it (the schedule splits only problems with stream_chunk_k > 0).
+// Whether this call stored the tile (a whole tile, or the last segment of a split one to arrive).
 template <int ID, class V>
-__device__ __forceinline__ void run_stream_segment(const TileJob &job, const StreamSegment &seg,
+__device__ __forceinline__ bool run_stream_segment(const TileJob &job, const StreamSegment &seg,
                                                    const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
                                                    char *smem) {
     if constexpr (StreamFacts<ID>::enabled && StreamFacts<ID>::smem <= V::smem) {
         // rows 8..15 of the mma exist only above 8 rows: else their fragments are constant zeros
-        if (job.m_rows > 8) run_thin_stream<ID, typename V::Thin, true>(job, seg, acts, y, ldy, smem);
-        else run_thin_stream<ID, typename V::Thin, false>(job, seg, acts, y, ldy, smem);
+        if (job.m_rows > 8) return run_thin_stream<ID, typename V::Thin, true>(job, seg, acts, y, ldy, smem);
+        return run_thin_stream<ID, typename V::Thin, false>(job, seg, acts, y, ldy, smem);
     }
+    return false;  // unreachable: only stream schemes are split
 }
 
 template <int ID, class V>
@@ -1356,14 +1372,76 @@ __device__ __forceinline__ int stream_chunk_k(int scheme_id) {
 // tile -> problem lookup is a binary search over tile_start, cached in shared memory when the table is small.
 constexpr int kCachedTileStarts = 256;
 
+/* Two stages (the decode layer, mx_cuda_gemm_fused_layer): problems [0, n_stage0) are the gate_up problems
+ * (activations x -> y = [gate | up], I columns each) and the rest the down problems, whose bf16 activations
+ * h = SiLU(gate)·up this launch writes itself, expert group by expert group.  The schedule ranks every stage-0
+ * problem before every stage-1 one, so an expert's down tiles start while the last gate_up tiles of other experts
+ * still run (in two launches the second waited for the first one's last tile, and the act·up kernel sat between).
+ * A stored stage-0 tile is counted for its group (one acq_rel atomic of thread 0 after the CTA's barrier: the
+ * release covers every thread's stores of the tile); the CTA whose count completes the group writes the group's h
+ * rows (SiLU(gate)·up, the act·up kernel's arithmetic: bf16x8.cuh) and releases the group's flag, which a stage-1
+ * tile acquires before it starts.  The schedule kernel derives the counts from the table, so a table that misses
+ * columns cannot hang the launch.  (h in 128-column blocks, each written by the CTA completing its gate and up
+ * tiles, cost every gate_up tile a count and half of them an h block: the layer ran 1-20 % slower, session 10.)
+ * No deadlock: a tile only ever waits for tiles with smaller claim ids, which CTAs that are running already hold
+ * (claims are handed out in order, and a CTA claims only after finishing its previous tile); a piece of the split
+ * tail finishes its stage-0 segments before it reaches a stage-1 one. */
+struct StageIO {  // the second stage's inputs and output (the first stage's are the kernel's acts, y, ldy)
+    mx_cuda_activations acts;
+    uint16_t *y;
+    int64_t ldy;
+};
+struct LaunchArgs {  // the host's description of a launch
+    int32_t n_problems;
+    int32_t n_stage0;             // == n_problems: a one-stage launch
+    mx_cuda_activations acts[2];  // per stage
+    uint16_t *y[2];
+    int64_t ldy[2];
+    int64_t act_I;                // two stages: the intermediate size
+};
+
+// h rows [row0, row0 + rows) = bf16(SiLU(y[:, :I]) · y[:, I:2I]) (all threads of the CTA).  The gate_up outputs
+// were stored by other CTAs in this launch: read through L2 (.cg), never from this SM's L1.  Each thread issues
+// the loads of 4 units before using any (one round trip per 4: Mixtral's I = 14336 is 1792 units per row).
+__device__ __noinline__ void act_mul_rows(const uint16_t *y, int64_t ldy, uint16_t *h, int64_t ld_h, int64_t I,
+                                          int64_t row0, int rows) {
+    constexpr int U = 4;
+    const int64_t units = I / kChunk, total = rows * units;
+    for (int64_t base = threadIdx.x; base < total; base += U * kThreads) {
+        uint4 g[U], u[U];
+#pragma unroll
+        for (int v = 0; v < U; v++) {
+            const int64_t i = base + v * kThreads;
+            g[v] = u[v] = make_uint4(0, 0, 0, 0);
+            if (i < total) {
+                const uint16_t *src = y + (row0 + i / units) * ldy + (i % units) * kChunk;
+                g[v] = __ldcg(reinterpret_cast<const uint4 *>(src));
+                u[v] = __ldcg(reinterpret_cast<const uint4 *>(src + I));
+            }
+        }
+#pragma unroll
+        for (int v = 0; v < U; v++) {
+            const int64_t i = base + v * kThreads;
+            if (i >= total) break;
+            float x[kChunk];
+            silu_mul8(g[v], u[v], x);
+            *reinterpret_cast<uint4 *>(h + (row0 + i / units) * ld_h + (i % units) * kChunk) = pack8(x);
+        }
+    }
+}
+
 template <class V>
 __global__ void __launch_bounds__(kThreads, V::min_blocks)
     fused_grouped_gemm_kernel(const mx_cuda_problem *__restrict__ problems, Schedule sched,
                               const mx_cuda_activations acts, uint16_t *__restrict__ y, int64_t ldy,
-                              int32_t n_problems) {
+                              int32_t n_problems, int32_t n_stage0, const StageIO stage1, int64_t act_I) {
     extern __shared__ __align__(128) char smem[];
     __shared__ int claimed;
     __shared__ int tile_start_cache[kCachedTileStarts + 1];
+    // Each stage's activation pointers, which the tile functions take by reference: a reference to a kernel
+    // parameter would make every thread copy the struct to local memory.
+    __shared__ mx_cuda_activations stage_acts[2];
+    if (threadIdx.x == 0) stage_acts[0] = acts, stage_acts[1] = stage1.acts;
     grid_dependency_wait();  // launched early (programmatic dependent launch): wait for the schedule kernel
     const int total = *sched.total, tail_start = *sched.tail_start;
     const int pieces = *sched.pieces, tail_chunks = *sched.tail_chunks;
@@ -1399,6 +1477,30 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
     };
     // The piece that holds tail chunk x: the last j with floor(jQ / P) <= x.
     auto piece_of = [&](int x) { return (int)(((int64_t)(x + 1) * pieces - 1) / tail_chunks); };
+    // Two stages (see above), around each tile or segment of the problem at `rank`: a stage-1 one first waits for
+    // its group's h; a stored stage-0 one is counted, and the CTA storing a group's last one writes the group's h.
+    const bool two_stage = n_stage0 < n_problems;
+    __shared__ int writes_h;
+    auto stage_of = [&](int rank) { return two_stage && sched.groups[rank].problem >= n_stage0 ? 1 : 0; };
+    auto stage1_wait = [&](int rank) {
+        if (threadIdx.x == 0) {
+            const int32_t *ready = sched.group_ready + sched.groups[rank].copy.expert;
+            while (ld_acquire_gpu(ready) == 0) __nanosleep(64);
+        }
+        __syncthreads();  // h of the group is visible to the whole CTA (the acquire, then the barrier)
+    };
+    auto stage0_stored = [&](int rank) {
+        const TileGroup &grp = sched.groups[rank];
+        const int group = grp.copy.expert;
+        __syncthreads();  // every thread's stores of the tile precede thread 0's release below
+        if (threadIdx.x == 0)
+            writes_h = atom_add_acq_rel_gpu(sched.group_done + group, 1) == sched.group_expected[group] - 1;
+        __syncthreads();
+        if (!writes_h) return;  // uniform over the CTA
+        act_mul_rows(y, ldy, const_cast<uint16_t *>(stage1.acts.d_bf16), stage1.acts.ld, act_I, grp.row0, grp.rows);
+        __syncthreads();
+        if (threadIdx.x == 0) st_release_gpu(sched.group_ready + group, 1);
+    };
     int tile = claimed;
     while (tile < total) {
         int next = 0;
@@ -1408,12 +1510,17 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
             const int rank = last_rank_at_most(tile_start, tile);
             const TileJob job = job_of(rank, tile);
             const bool fat = sched.groups[rank].fat != 0;
+            const int stage = stage_of(rank);
+            if (stage) stage1_wait(rank);
+            uint16_t *const out = stage ? stage1.y : y;
+            const int64_t ld_out = stage ? stage1.ldy : ldy;
             switch (job.problem->scheme_id) {  // the fixed instantiation list: every candidate scheme × both tiles
-#define MX_CASE(ID) case ID: run_tile_any<ID, V>(fat, job, acts, y, ldy, smem); break;
+#define MX_CASE(ID) case ID: run_tile_any<ID, V>(fat, job, stage_acts[stage], out, ld_out, smem); break;
                 MX_FOR_EACH_SCHEME(MX_CASE)
 #undef MX_CASE
             default: break;  // unreachable: the host checked the table
             }
+            if (two_stage && !stage) stage0_stored(rank);
         } else {  // piece j of the split tail: tail chunks [jQ/P, (j+1)Q/P), one segment per tile it touches
             const int j = tile - tail_start;
             const int x_end = (int)((int64_t)(j + 1) * tail_chunks / pieces);
@@ -1435,12 +1542,18 @@ __global__ void __launch_bounds__(kThreads, V::min_blocks)
                 seg.arrival = sched.arrivals + tt;
                 seg.slots = sched.slots;
                 const TileJob job = job_of(rank, tail_tile);
+                const int stage = stage_of(rank);
+                if (stage) stage1_wait(rank);
+                uint16_t *const out = stage ? stage1.y : y;
+                const int64_t ld_out = stage ? stage1.ldy : ldy;
+                bool stored = false;
                 switch (job.problem->scheme_id) {
-#define MX_CASE(ID) case ID: run_stream_segment<ID, V>(job, seg, acts, y, ldy, smem); break;
+#define MX_CASE(ID) case ID: stored = run_stream_segment<ID, V>(job, seg, stage_acts[stage], out, ld_out, smem); break;
                     MX_FOR_EACH_SCHEME(MX_CASE)
 #undef MX_CASE
                 default: break;
                 }
+                if (two_stage && !stage && stored) stage0_stored(rank);
                 x = seg_end;
             }
         }
@@ -1491,9 +1604,9 @@ __device__ float tile_cost_ns(const mx_cuda_problem &p, int bm, int bn) {
 // lay out the split tail (see "Split tail"), reset the claim counter and the tail's arrival counters.
 // n_problems <= 1024 = blockDim.x.  fat_bm: the launched variant's fat tile rows; ctas: its grid (0: split nothing).
 __global__ void __launch_bounds__(1024)
-    schedule_kernel(const mx_cuda_problem *__restrict__ problems, int32_t n_problems,
-                    const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm, int ctas,
-                    int split_cost, Schedule sched) {
+    schedule_kernel(const mx_cuda_problem *__restrict__ problems, int32_t n_problems, int32_t n_stage0,
+                    int32_t n_groups, const int32_t *__restrict__ row_offsets, int64_t max_rows, int fat_bm,
+                    int ctas, int split_cost, Schedule sched) {
     __shared__ float cost[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int tiles_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
     __shared__ int chunks_of_rank[MX_CUDA_GEMM_MAX_PROBLEMS];
@@ -1501,6 +1614,10 @@ __global__ void __launch_bounds__(1024)
     __shared__ int warp_sums[32];
     __shared__ int last_unsplit_rank, split_from, max_tail_tile_chunks;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    __shared__ int stage0_tiles[kMaxStageGroups];  // two stages: stage-0 tiles per expert group
+    const bool two_stage = n_stage0 < n_problems;
+    if (two_stage)
+        for (int g = tid; g < n_groups; g += blockDim.x) stage0_tiles[g] = 0;
     launch_dependents();  // let the GEMM's CTAs start now; they wait in grid_dependency_wait for our results
     if (tid == 0) last_unsplit_rank = -1, split_from = 0, max_tail_tile_chunks = 0;
     TileGroup mine{};
@@ -1521,15 +1638,19 @@ __global__ void __launch_bounds__(1024)
         my_tiles = (mine.rows + bm - 1) / bm * mine.tiles_n;
         cost[tid] = my_tiles > 0 ? tile_cost_ns(p, bm, mine.bn) : 0.f;
     }
-    __syncthreads();
+    __syncthreads();  // (also orders the zeroing of stage0_tiles before the counts)
+    if (two_stage && tid < n_stage0 && my_tiles > 0) atomicAdd(&stage0_tiles[problems[tid].expert], my_tiles);
     // rank[p] = #{q : cost_q > cost_p, or equal and q < p}: one warp per problem, its lanes compare 32 q at a time
-    // (ballot + popc), ~n/32 steps per problem instead of n per thread.
+    // (ballot + popc), ~n/32 steps per problem instead of n per thread.  Two stages: every stage-0 problem first.
     for (int pp = warp; pp < n_problems; pp += blockDim.x / 32) {
         const float c = cost[pp];
+        const bool p_first = pp < n_stage0;
         int r = 0;
         for (int q0 = 0; q0 < n_problems; q0 += 32) {
             const int q = q0 + lane;
-            const bool before = q < n_problems && (cost[q] > c || (cost[q] == c && q < pp));
+            const bool q_first = q < n_stage0;
+            const bool before = q < n_problems && (q_first != p_first ? q_first
+                                                    : cost[q] > c || (cost[q] == c && q < pp));
             r += __popc(__ballot_sync(0xffffffffu, before));
         }
         if (lane == 0) rank_of[pp] = r;
@@ -1545,6 +1666,12 @@ __global__ void __launch_bounds__(1024)
         chunks_of_rank[rank] = mine.chunks;
         if (my_tiles > 0 && mine.chunks == 0) atomicMax(&last_unsplit_rank, rank);
     }
+    if (two_stage)  // (stage0_tiles complete: synced after the ranking) the launch before ours has finished
+        for (int g = tid; g < n_groups; g += blockDim.x) {
+            sched.group_expected[g] = stage0_tiles[g];
+            sched.group_done[g] = 0;
+            sched.group_ready[g] = stage0_tiles[g] == 0;  // no gate_up tiles (a table missing them): never wait
+        }
     __syncthreads();
     // Exclusive prefix sum of tiles_of_rank (thread tid = rank tid from here on).
     const int rank_tiles = tid < n_problems ? tiles_of_rank[tid] : 0;
@@ -1675,8 +1802,9 @@ extern "C" size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_probl
 // Launch one variant of the persistent kernel: one grid of min_blocks CTAs per SM, optionally as a programmatic
 // dependent of the schedule kernel before it on the stream.
 template <class V>
-static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule sched, const mx_cuda_activations *acts,
-                                uint16_t *d_y, int64_t ldy, int32_t n_problems, int sms, cudaStream_t s, bool pdl) {
+static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule sched, const mx::LaunchArgs &args,
+                                int sms, cudaStream_t s, bool pdl) {
+    const mx::StageIO stage1{args.acts[1], args.y[1], args.ldy[1]};
     cudaError_t e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          V::smem);
     if (e != cudaSuccess) return e;
@@ -1690,43 +1818,25 @@ static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule 
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
     config.attrs = attribute;
     config.numAttrs = pdl ? 1 : 0;
-    e = cudaLaunchKernelEx(&config, mx::fused_grouped_gemm_kernel<V>, d_problems, sched, *acts, d_y, ldy, n_problems);
+    e = cudaLaunchKernelEx(&config, mx::fused_grouped_gemm_kernel<V>, d_problems, sched, args.acts[0], args.y[0],
+                           args.ldy[0], args.n_problems, args.n_stage0, stage1, args.act_I);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 
-extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
-                                                  const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
-                                                  const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
-                                                  void *d_workspace, size_t workspace_bytes, void *stream,
-                                                  mx_cuda_gemm_part part, mx_error *err) {
-    // ---- validate (O(1): scalars against the checked table's summary) ----
-    if (part != MX_CUDA_GEMM_ALL && part != MX_CUDA_GEMM_SCHEDULE && part != MX_CUDA_GEMM_COMPUTE)
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "part=%d must be MX_CUDA_GEMM_ALL, _SCHEDULE or _COMPUTE",
-                            (int)part);
-    if (!info || !acts) return mx_error_set(err, MX_ERR_INVALID_ARG, "info and acts must not be NULL");
-    const int32_t n_problems = info->n_problems;
-    if (n_problems < 0 || n_problems > MX_CUDA_GEMM_MAX_PROBLEMS)
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_problems=%d must be in [0, %d]", n_problems,
+// The checks of one stage's call against its table's summary: output, activations in every format it reads.
+static enum mx_status check_stage(const char *stage, const mx_cuda_problems_info *info, const mx_cuda_activations *acts,
+                                  const uint16_t *d_y, int64_t ldy, mx_error *err) {
+    if (!info || !acts) return mx_error_set(err, MX_ERR_INVALID_ARG, "%sinfo and acts must not be NULL", stage);
+    if (info->n_problems < 0 || info->n_problems > MX_CUDA_GEMM_MAX_PROBLEMS)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%sn_problems=%d must be in [0, %d]", stage, info->n_problems,
                             MX_CUDA_GEMM_MAX_PROBLEMS);
-    if (max_rows < 0 || max_rows > INT32_MAX)
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "max_rows=%lld must be in [0, 2^31)", (long long)max_rows);
-    if (n_problems == 0 || max_rows == 0) return MX_OK;  // nothing to compute
-    if (!d_problems || !d_row_offsets || !d_y || !d_workspace)
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "problems, row_offsets, y and workspace must be device "
-                            "pointers, got NULL");
-    if (n_groups <= info->max_expert)
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_groups=%d but a problem names expert %d", n_groups,
-                            info->max_expert);
-    if (workspace_bytes < mx_cuda_gemm_workspace_bytes(max_rows, n_problems) || !aligned16(d_workspace))
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "workspace: %zu bytes at %p, need %zu bytes, 16-byte "
-                            "aligned", workspace_bytes, d_workspace,
-                            mx_cuda_gemm_workspace_bytes(max_rows, n_problems));
+    if (!d_y) return mx_error_set(err, MX_ERR_INVALID_ARG, "%sy must be a device pointer, got NULL", stage);
     if (ldy < info->max_out_col_end || ldy % 2 != 0 || ((uintptr_t)d_y & 3u))
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "ldy=%lld must be even and >= max(out_col + n)=%lld, y "
-                            "4-byte aligned", (long long)ldy, (long long)info->max_out_col_end);
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%sldy=%lld must be even and >= max(out_col + n)=%lld, y "
+                            "4-byte aligned", stage, (long long)ldy, (long long)info->max_out_col_end);
     if (acts->ld < info->max_k)
-        return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld < k=%d of a problem", (long long)acts->ld,
-                            info->max_k);
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "%sactivations ld=%lld < k=%d of a problem", stage,
+                            (long long)acts->ld, info->max_k);
     static const char *const format_names[MX_CUDA_ACT_FORMAT_COUNT] = {"bf16", "int8", "fp8", "int4"};
     const void *act_ptr[MX_CUDA_ACT_FORMAT_COUNT] = {acts->d_bf16, acts->d_int8, acts->d_fp8, acts->d_int4};
     const float *act_scale[MX_CUDA_ACT_FORMAT_COUNT] = {NULL, acts->d_scale_int8, acts->d_scale_fp8,
@@ -1735,15 +1845,43 @@ extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_probl
     for (int f = 0; f < MX_CUDA_ACT_FORMAT_COUNT; f++) {
         if (!(info->formats_mask & (1 << f))) continue;
         if (!act_ptr[f] || !aligned16(act_ptr[f]) || (f > 0 && !act_scale[f]))
-            return mx_error_set(err, MX_ERR_INVALID_ARG, "a problem reads %s activations: their values (16-byte "
-                                "aligned) and per-row scales must be given", format_names[f]);
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "%sa problem reads %s activations: their values (16-byte "
+                                "aligned) and per-row scales must be given", stage, format_names[f]);
         if (f == MX_CUDA_ACT_INT8 && ((uintptr_t)acts->d_rowsum_int8 & 3u))
-            return mx_error_set(err, MX_ERR_INVALID_ARG, "int8 activations: the row-sum buffer %p is not 4-byte "
-                                "aligned", (const void *)acts->d_rowsum_int8);
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "%sint8 activations: the row-sum buffer %p is not 4-byte "
+                                "aligned", stage, (const void *)acts->d_rowsum_int8);
         if (acts->ld % ld_multiple[f] != 0)
-            return mx_error_set(err, MX_ERR_INVALID_ARG, "activations ld=%lld must be a multiple of %d for %s rows",
-                                (long long)acts->ld, ld_multiple[f], format_names[f]);
+            return mx_error_set(err, MX_ERR_INVALID_ARG, "%sactivations ld=%lld must be a multiple of %d for %s "
+                                "rows", stage, (long long)acts->ld, ld_multiple[f], format_names[f]);
     }
+    return MX_OK;
+}
+
+// Both entry points: args holds the stages (already checked), n_problems of them in all; max_expert the largest
+// expert index of any problem.
+static enum mx_status gemm_launch(const mx_cuda_problem *d_problems, mx::LaunchArgs args, int32_t max_expert,
+                                  const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows, void *d_workspace,
+                                  size_t workspace_bytes, void *stream, mx_cuda_gemm_part part, mx_error *err) {
+    if (part != MX_CUDA_GEMM_ALL && part != MX_CUDA_GEMM_SCHEDULE && part != MX_CUDA_GEMM_COMPUTE)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "part=%d must be MX_CUDA_GEMM_ALL, _SCHEDULE or _COMPUTE",
+                            (int)part);
+    const int32_t n_problems = args.n_problems;
+    if (n_problems < 0 || n_problems > MX_CUDA_GEMM_MAX_PROBLEMS)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_problems=%d must be in [0, %d]", n_problems,
+                            MX_CUDA_GEMM_MAX_PROBLEMS);
+    if (max_rows < 0 || max_rows > INT32_MAX)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "max_rows=%lld must be in [0, 2^31)", (long long)max_rows);
+    if (n_problems == 0 || max_rows == 0) return MX_OK;  // nothing to compute
+    if (!d_problems || !d_row_offsets || !d_workspace)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "problems, row_offsets and workspace must be device pointers, "
+                            "got NULL");
+    if (n_groups <= max_expert)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_groups=%d but a problem names expert %d", n_groups,
+                            max_expert);
+    if (workspace_bytes < mx_cuda_gemm_workspace_bytes(max_rows, n_problems) || !aligned16(d_workspace))
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "workspace: %zu bytes at %p, need %zu bytes, 16-byte "
+                            "aligned", workspace_bytes, d_workspace,
+                            mx_cuda_gemm_workspace_bytes(max_rows, n_problems));
     // Measurement switches (mx_cuda.h): MXMOE_GEMM_SPLIT_TAIL=0 runs every tile whole; MXMOE_GEMM_SPLIT_COST=<chunks>
     // replaces the split's cost model constant (values above 2^24 mean "never split").
     const char *split_env = getenv("MXMOE_GEMM_SPLIT_TAIL");
@@ -1770,9 +1908,6 @@ extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_probl
     if (smem_optin < mx::DecodeVariant::smem)
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs %d bytes of shared memory per block, device "
                             "sm_%d%d offers %d", mx::DecodeVariant::smem, major, minor, smem_optin);
-    if ((info->formats_mask & (1 << MX_CUDA_ACT_FP8)) && major * 10 + minor < 89)
-        return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
-                            "sm_%d%d", major, minor);
 
     // ---- launch: schedule (1 block), then the persistent GEMM (2 CTAs per SM); `part` may ask for one of them.
     // Both derive the variant and the grid from (max_rows, n_groups, device) alone, so separate calls agree. ----
@@ -1785,8 +1920,8 @@ extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_probl
     const int fat_bm = prefill ? mx::PrefillVariant::Fat::BM : mx::DecodeVariant::Fat::BM;
     const int ctas = sms * (prefill ? mx::PrefillVariant::min_blocks : mx::DecodeVariant::min_blocks);
     if (part & MX_CUDA_GEMM_SCHEDULE) {
-        mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, d_row_offsets, max_rows, fat_bm,
-                                               split_tail ? ctas : 0, (int)split_cost, sched);
+        mx::schedule_kernel<<<1, 1024, 0, s>>>(d_problems, n_problems, args.n_stage0, n_groups, d_row_offsets,
+                                               max_rows, fat_bm, split_tail ? ctas : 0, (int)split_cost, sched);
         e = cudaGetLastError();
         if (e != cudaSuccess)
             return mx_error_set(err, MX_ERR_CUDA, "schedule kernel launch: %s", cudaGetErrorString(e));
@@ -1799,17 +1934,52 @@ extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_probl
     e = cudaStreamIsCapturing(s, &capture);
     if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "stream query: %s", cudaGetErrorString(e));
     const bool pdl = major >= 9 && capture == cudaStreamCaptureStatusNone && (part & MX_CUDA_GEMM_SCHEDULE);
-    e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl)
-                : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, pdl);
+    e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, args, sms, s, pdl)
+                : launch_fused<mx::DecodeVariant>(d_problems, sched, args, sms, s, pdl);
     if (e != cudaSuccess && pdl) {
         (void)cudaGetLastError();
-        e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false)
-                    : launch_fused<mx::DecodeVariant>(d_problems, sched, acts, d_y, ldy, n_problems, sms, s, false);
+        e = prefill ? launch_fused<mx::PrefillVariant>(d_problems, sched, args, sms, s, false)
+                    : launch_fused<mx::DecodeVariant>(d_problems, sched, args, sms, s, false);
     }
     if (e != cudaSuccess)
         return mx_error_set(err, MX_ERR_CUDA, "fused GEMM launch (%d problems, max_rows=%lld): %s", n_problems,
                             (long long)max_rows, cudaGetErrorString(e));
     return MX_OK;
+}
+
+// fp8 tensor cores (sm_89+) for a table that reads fp8 activations.
+static enum mx_status check_fp8(int32_t formats_mask, mx_error *err) {
+    if (!(formats_mask & (1 << MX_CUDA_ACT_FP8))) return MX_OK;
+    int device = 0, major = 0, minor = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "device query: %s", cudaGetErrorString(e));
+    if (major * 10 + minor < 89)
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
+                            "sm_%d%d", major, minor);
+    return MX_OK;
+}
+
+extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
+                                                  const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
+                                                  const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
+                                                  void *d_workspace, size_t workspace_bytes, void *stream,
+                                                  mx_cuda_gemm_part part, mx_error *err) {
+    if (!info || !acts) return mx_error_set(err, MX_ERR_INVALID_ARG, "info and acts must not be NULL");
+    if (info->n_problems == 0 || max_rows == 0)  // nothing to compute (after the checks of these scalars)
+        return gemm_launch(d_problems, mx::LaunchArgs{info->n_problems, info->n_problems, {}, {}, {}, 0}, -1,
+                           d_row_offsets, n_groups, max_rows, d_workspace, workspace_bytes, stream, part, err);
+    enum mx_status status = check_stage("", info, acts, d_y, ldy, err);
+    if (status == MX_OK) status = check_fp8(info->formats_mask, err);
+    if (status != MX_OK) return status;
+    mx::LaunchArgs args{};
+    args.n_problems = args.n_stage0 = info->n_problems;
+    args.acts[0] = args.acts[1] = *acts;
+    args.y[0] = args.y[1] = d_y;
+    args.ldy[0] = args.ldy[1] = ldy;
+    return gemm_launch(d_problems, args, info->max_expert, d_row_offsets, n_groups, max_rows, d_workspace,
+                       workspace_bytes, stream, part, err);
 }
 
 extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
@@ -1819,4 +1989,56 @@ extern "C" enum mx_status mx_cuda_gemm_fused(const mx_cuda_problem *d_problems, 
                                              mx_error *err) {
     return mx_cuda_gemm_fused_part(d_problems, info, d_row_offsets, n_groups, max_rows, acts, d_y, ldy, d_workspace,
                                    workspace_bytes, stream, MX_CUDA_GEMM_ALL, err);
+}
+
+extern "C" enum mx_status mx_cuda_gemm_fused_layer(const mx_cuda_problem *d_problems,
+                                                   const mx_cuda_problems_info *info_gate_up,
+                                                   const mx_cuda_problems_info *info_down,
+                                                   const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
+                                                   const mx_cuda_activations *x, uint16_t *d_gate_up,
+                                                   int64_t ld_gate_up, uint16_t *d_h, int64_t ld_h, int64_t I,
+                                                   uint16_t *d_down, int64_t ld_down, void *d_workspace,
+                                                   size_t workspace_bytes, void *stream, mx_cuda_gemm_part part,
+                                                   mx_error *err) {
+    if (!info_gate_up || !info_down)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "info_gate_up and info_down must not be NULL");
+    if (info_down->formats_mask != (1 << MX_CUDA_ACT_BF16))
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "a two-stage launch computes down's activations in bf16 only; "
+                            "its down problems read formats 0x%x", (unsigned)info_down->formats_mask);
+    if (I <= 0 || I % kChunk || ld_gate_up < 2 * I || ld_gate_up % kChunk || ld_h < I || ld_h % kChunk)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "I=%lld must be a positive multiple of %d, ld_gate_up=%lld >= "
+                            "2I and ld_h=%lld >= I multiples of %d", (long long)I, kChunk, (long long)ld_gate_up,
+                            (long long)ld_h, kChunk);
+    if (n_groups > mx::kMaxStageGroups)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "n_groups=%d exceeds %d for a two-stage launch", n_groups,
+                            mx::kMaxStageGroups);
+    if (info_down->max_k > I)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "a down problem reads k=%d > I=%lld", info_down->max_k,
+                            (long long)I);
+    if (info_gate_up->max_out_col_end > 2 * I)
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "a gate_up problem writes column %lld >= 2I=%lld",
+                            (long long)info_gate_up->max_out_col_end - 1, (long long)(2 * I));
+    if (!d_h || !aligned16(d_h) || !d_gate_up || !aligned16(d_gate_up))
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "gate_up and h must be 16-byte aligned device pointers");
+    mx_cuda_activations h = {};
+    h.d_bf16 = d_h;
+    h.ld = ld_h;
+    enum mx_status status = check_stage("gate_up: ", info_gate_up, x, d_gate_up, ld_gate_up, err);
+    if (status == MX_OK) status = check_stage("down: ", info_down, &h, d_down, ld_down, err);
+    if (status == MX_OK) status = check_fp8(info_gate_up->formats_mask, err);
+    if (status != MX_OK) return status;
+    mx::LaunchArgs args{};
+    args.n_stage0 = info_gate_up->n_problems;
+    args.n_problems = info_gate_up->n_problems + info_down->n_problems;
+    args.acts[0] = *x;
+    args.acts[1] = h;
+    args.y[0] = d_gate_up, args.y[1] = d_down;
+    args.ldy[0] = ld_gate_up, args.ldy[1] = ld_down;
+    args.act_I = I;
+    if (args.n_stage0 == 0 || info_down->n_problems == 0)  // one stage is empty: h is never computed
+        return mx_error_set(err, MX_ERR_INVALID_ARG, "a two-stage launch needs gate_up and down problems (%d, %d)",
+                            args.n_stage0, info_down->n_problems);
+    return gemm_launch(d_problems, args, info_gate_up->max_expert > info_down->max_expert ? info_gate_up->max_expert
+                                                                                          : info_down->max_expert,
+                       d_row_offsets, n_groups, max_rows, d_workspace, workspace_bytes, stream, part, err);
 }

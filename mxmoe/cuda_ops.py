@@ -15,7 +15,10 @@ tables of the two fused launches are built, and the activation formats each expe
 Per call the host work is O(1) Python plus 6-7 kernel launches on the current stream, and the two GEMMs' one-block
 schedule kernels on two side streams that fork from it after the routing and join it before the first GEMM (they
 run beside the gather; capturable in a CUDA graph like the rest); scratch buffers are cached for the largest token
-count seen so far (warm up with the largest T before capturing a CUDA graph).
+count seen so far (warm up with the largest T before capturing a CUDA graph).  Decode calls (T <=
+TWO_STAGE_MAX_TOKENS) of layers whose down blocks read bf16 without an online Hadamard run gate|up, SiLU·mul and
+down as ONE launch (``mx_cuda_gemm_fused_layer``: an expert's down tiles start as soon as its gate|up tiles are
+stored, while other experts' gate|up tiles still run), with one schedule kernel on a side stream.
 
 Shared experts are expert groups whose rows are all T tokens.  A shared expert wider than the routed ones
 (Qwen1.5-MoE: 5632 = 4 x 1408) is split along its intermediate dimension into chunks of the routed width I (gate/up
@@ -32,6 +35,7 @@ activations are not looked for on the GPU either (same reason): they propagate t
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -51,6 +55,14 @@ _WEIGHT_DTYPE_CODES = {"bfloat16": 0, "float32": 1, "float16": 2}
 # Kernel limits (cuda/route.cuh): row length and expert groups of the routing kernels.
 MAX_ROW = 32768
 MAX_GROUPS = 1024
+# Calls of at most this many tokens run both GEMMs and the SiLU·mul in one launch (mx_cuda_gemm_fused_layer) when
+# every down problem reads bf16, there is no online Hadamard and down's weight rows are short
+# (MoELayerCUDA.two_stage); MXMOE_LAYER_FUSED=0 turns it off, =1 on wherever it applies (A/B runs).
+TWO_STAGE_MAX_TOKENS = 16
+# The longest down weight row (bytes: I x bits / 8) for which the two-stage launch is used: 12 of the decode stream
+# tiles' 128-byte chunks.  Measured on the H100 (NOTES session 10): Qwen1.5-MoE / DeepSeek-V2-Lite (704-byte rows at
+# w4) 4-9 % faster at 8-16 tokens and within 2 µs at 1-4; Mixtral (7168) 2-37 % slower at every token count.
+TWO_STAGE_MAX_DOWN_ROW_BYTES = 1536
 
 
 def act_format(scheme: Scheme | str) -> int:
@@ -420,6 +432,12 @@ class MoELayerCUDA:
         self._down_formats = torch.from_numpy(down_formats).to(self.device)
         self._gate_up_tables = self._tables(gate_up)
         self._down_tables = self._tables(down)
+        # The two-stage decode launch's table: the gate_up table's records, then the down table's (one device copy)
+        self._down_row_bytes = max(I * b.scheme.w_bits // 8 for _, _, b in groups)  # the two-stage policy's
+        self._layer_table = None
+        if (self.down_formats == 1 << ACT_BF16 and down_hadamard is None and
+                len(gate_up) + len(down) <= self._cuda.GEMM_MAX_PROBLEMS):
+            self._layer_table = torch.cat([self._gate_up_tables["fused"][0], self._down_tables["fused"][0]])
         self._hadamard = None
         if down_hadamard is not None:
             signs, base = down_hadamard
@@ -454,8 +472,10 @@ class MoELayerCUDA:
         if tokens <= self._capacity:
             return self._workspace
         rows = tokens * (self.top_k + self.n_shared_groups)
-        gemm_ws = max(self._cuda.gemm_workspace_bytes(rows, self._gate_up_tables["n_problems"]),
-                      self._cuda.gemm_workspace_bytes(rows, self._down_tables["n_problems"]))
+        n_gu, n_down = self._gate_up_tables["n_problems"], self._down_tables["n_problems"]
+        # the two-stage launch's table holds both (its workspace is the largest), else either table alone
+        gemm_ws = self._cuda.gemm_workspace_bytes(rows, n_gu + n_down if self._layer_table is not None
+                                                  else max(n_gu, n_down))
         layout = workspace_layout(tokens, self.top_k, self.n_experts, self.n_shared_groups, self.hidden_size,
                                   self.intermediate_size, self.gate_up_formats, self.down_formats,
                                   self._cuda.route_workspace_bytes(tokens, self.top_k, self.n_experts), gemm_ws)
@@ -479,6 +499,31 @@ class MoELayerCUDA:
             self._cuda.gemm_fused(table.data_ptr(), info, ws["row_offsets"].data_ptr(), n_groups, n_rows, acts,
                                   y.data_ptr(), y.shape[1], ws[workspace].data_ptr(), ws[workspace].numel(), stream,
                                   part)
+
+    def _gemm_layer(self, ws: dict[str, Any], n_rows: int, x_acts: tuple, stream: int, part: str) -> None:
+        """Both GEMMs and the SiLU·mul between them in one two-stage launch (or its schedule)."""
+        I = self.intermediate_size
+        self._cuda.gemm_fused_layer(
+            self._layer_table.data_ptr(), self._gate_up_tables["fused"][1], self._down_tables["fused"][1],
+            ws["row_offsets"].data_ptr(), self.n_experts + self.n_shared_groups, n_rows, x_acts,
+            ws["y_gate_up"].data_ptr(), ws["y_gate_up"].shape[1], ws["h_bf16"].data_ptr(), I, I,
+            ws["y_down"].data_ptr(), ws["y_down"].shape[1], ws["gemm_workspace"].data_ptr(),
+            ws["gemm_workspace"].numel(), stream, part)
+
+    def two_stage(self, tokens: int) -> bool:
+        """Whether a call of `tokens` tokens runs its two GEMMs and the SiLU·mul as one launch: decode (tokens <=
+        TWO_STAGE_MAX_TOKENS), bf16 inputs of down, no online Hadamard, and down weight rows of at most
+        TWO_STAGE_MAX_DOWN_ROW_BYTES.  The one launch lets an expert's down tiles start while other experts'
+        gate_up tiles still run; but one CTA writes each expert's h while its down tiles wait, and the split tail
+        cannot cut down's tiles apart from gate_up's.  Both cost most where down's rows are long (Mixtral: h rows
+        of 14336, 56-chunk down tiles that two launches split at 1-4 tokens).  MXMOE_LAYER_FUSED=0 turns the launch
+        off, =1 on wherever it applies."""
+        if self._layer_table is None or tokens > TWO_STAGE_MAX_TOKENS:
+            return False
+        switch = os.environ.get("MXMOE_LAYER_FUSED")
+        if switch in ("0", "1"):
+            return switch == "1"
+        return self._down_row_bytes <= TWO_STAGE_MAX_DOWN_ROW_BYTES
 
     def forward(self, hidden: Any, top_k_index: Any, top_k_weights: Any, shared_gate_logits: Any = None, *,
                 sequential: bool = False, check_indices: bool = False) -> Any:
@@ -510,32 +555,41 @@ class MoELayerCUDA:
                         ws["dropped"].data_ptr(), ws["route_workspace"].data_ptr(), ws["route_workspace"].numel(),
                         stream)
         x_acts, h_acts = self._acts(ws, "x", H), self._acts(ws, "h", I)
+        main = torch.cuda.current_stream(self.device)
+        one_launch = not sequential and self.two_stage(T)
+        schedules = []
         if not sequential:
-            # Both GEMMs' tile schedules depend only on the routing: compute them on two side streams while the
+            # The GEMMs' tile schedules depend only on the routing: compute them on side streams while the
             # activations are gathered, so no one-block schedule kernel sits between two kernels of the layer
-            # (graph-capturable: the side streams fork from and join back into the current one).  Both join before
+            # (graph-capturable: the side streams fork from and join back into the current one).  They join before
             # the first GEMM: a schedule kernel still running beside a GEMM holds an SM's room for one of its CTAs,
             # which then starts late (measured: Mixtral's mixed plan at 1 token 392 -> 423 µs).
-            main = torch.cuda.current_stream(self.device)
             if self._schedule_streams is None:
                 self._schedule_streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device))
-            for side, (tables, acts, y, workspace) in zip(self._schedule_streams, (
-                    (self._gate_up_tables, x_acts, ws["y_gate_up"], "gemm_workspace"),
-                    (self._down_tables, h_acts, ws["y_down"], "gemm_workspace_down"))):
+            if one_launch:  # both GEMMs and the SiLU·mul in one launch: one schedule
+                schedules = [lambda s: self._gemm_layer(ws, n_rows, x_acts, s, "schedule")]
+            else:
+                schedules = [lambda s, job=job: self._gemm(job[0], ws, n_rows, job[1], job[2], False, s, "schedule",
+                                                           job[3])
+                             for job in ((self._gate_up_tables, x_acts, ws["y_gate_up"], "gemm_workspace"),
+                                         (self._down_tables, h_acts, ws["y_down"], "gemm_workspace_down"))]
+            for side, schedule in zip(self._schedule_streams, schedules):
                 side.wait_stream(main)
                 with torch.cuda.stream(side):
-                    self._gemm(tables, ws, n_rows, acts, y, False, side.cuda_stream, "schedule", workspace)
+                    schedule(side.cuda_stream)
         cuda.route_gather_quant(hidden.data_ptr(), H, T, H, ws["perm_token"].data_ptr(), n_rows,
                                 ws["row_offsets"].data_ptr(), n_groups, self._gu_formats.data_ptr(), x_acts, stream)
-        if not sequential:
-            for side in self._schedule_streams:
-                main.wait_stream(side)
-        part = "all" if sequential else "compute"
-        self._gemm(self._gate_up_tables, ws, n_rows, x_acts, ws["y_gate_up"], sequential, stream, part)
-        cuda.route_act_mul_quant(ws["y_gate_up"].data_ptr(), 2 * I, n_rows, I, ws["row_offsets"].data_ptr(),
-                                 n_groups, self._down_formats.data_ptr(), self._hadamard, h_acts, stream)
-        self._gemm(self._down_tables, ws, n_rows, h_acts, ws["y_down"], sequential, stream, part,
-                   "gemm_workspace_down")
+        for side in (self._schedule_streams or ())[:len(schedules)]:
+            main.wait_stream(side)
+        if one_launch:
+            self._gemm_layer(ws, n_rows, x_acts, stream, "compute")
+        else:
+            part = "all" if sequential else "compute"
+            self._gemm(self._gate_up_tables, ws, n_rows, x_acts, ws["y_gate_up"], sequential, stream, part)
+            cuda.route_act_mul_quant(ws["y_gate_up"].data_ptr(), 2 * I, n_rows, I, ws["row_offsets"].data_ptr(),
+                                     n_groups, self._down_formats.data_ptr(), self._hadamard, h_acts, stream)
+            self._gemm(self._down_tables, ws, n_rows, h_acts, ws["y_down"], sequential, stream, part,
+                       "gemm_workspace_down")
         gate_ptr, gate_dtype = 0, 0
         if shared_gate_logits is not None and self.n_shared_groups:
             gate_ptr = shared_gate_logits.data_ptr()

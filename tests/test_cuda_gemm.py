@@ -494,6 +494,39 @@ def test_gemm_fused_bad_input(bad, message):
         _cuda.gemm_fused(**_fused_args(**bad))
 
 
+def _layer_args(down_scheme="w4a16_g128_asym", **overrides):
+    """A two-stage launch of one expert: gate and up (n = I = 128, k = H = 256), down (n = 256, k = 128)."""
+    _, info_gate_up = _cuda.gemm_problems_pack([_record(), _record(out_col=128)])
+    _, info_down = _cuda.gemm_problems_pack([_record(scheme=down_scheme, n=256, k=128)])
+    args = dict(problems=4096, info_gate_up=info_gate_up, info_down=info_down, row_offsets=4096, n_groups=1,
+                max_rows=8, x=(4096, 0, 0, 0, 0, 0, 0, 256), gate_up=4096, ld_gate_up=256, h=4096, ld_h=128, I=128,
+                down=4096, ld_down=256, workspace=4096, workspace_bytes=_cuda.gemm_workspace_bytes(8, 2), stream=0)
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("down_scheme, bad, message", [
+    ("w8a8_g-1_sym", {}, "bf16 only"),          # h is written in bf16 only
+    ("w4a16_g128_asym", dict(I=0), "I=0"),
+    ("w4a16_g128_asym", dict(I=100), "I=100"),
+    ("w4a16_g128_asym", dict(ld_gate_up=128), "ld_gate_up=128"),
+    ("w4a16_g128_asym", dict(ld_h=64), "ld_h=64"),
+    ("w4a16_g128_asym", dict(I=64, ld_gate_up=128, ld_h=64), "k=128 > I=64"),
+    ("w4a16_g128_asym", dict(n_groups=2000), "n_groups=2000"),
+    ("w4a16_g128_asym", dict(info_gate_up=_cuda.gemm_problems_pack([_record(), _record(out_col=256)])[1]),
+     "column 383 >= 2I=256"),
+    ("w4a16_g128_asym", dict(h=0), "16-byte aligned"),
+    ("w4a16_g128_asym", dict(ld_down=128), "down: ldy=128"),
+    ("w4a16_g128_asym", dict(x=(4096, 0, 0, 0, 0, 0, 0, 128)), "gate_up: activations ld=128"),
+    ("w4a16_g128_asym", dict(n_groups=0), "n_groups=0"),
+    ("w4a16_g128_asym", dict(part="both"), "part="),
+])
+def test_gemm_fused_layer_bad_input(down_scheme, bad, message):
+    """The two-stage launch checks both stages and the act·up step's buffers before any launch."""
+    with pytest.raises(ValueError, match=message):
+        _cuda.gemm_fused_layer(**_layer_args(down_scheme, **bad))
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "6x", ""])
 def test_gemm_fused_bad_split_cost(value, monkeypatch):
     """A malformed MXMOE_GEMM_SPLIT_COST is refused before any launch, naming the variable."""

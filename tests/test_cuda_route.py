@@ -472,6 +472,67 @@ def test_layer_cuda_graph_replay():
         previous = static_out.clone()
 
 
+# weight-only schemes of every family (bf16 inputs of down): the two-stage decode launch's plans
+TWO_STAGE_SCHEMES = ["w4a16_g128_asym", "w2a16_g128_asym", "w16a16", "w3a16_g128_asym", "w4a16_g-1_asym",
+                     "w8a16_g-1_sym"]
+
+
+@pytest.mark.parametrize("T,route,I", [(1, "random", 128), (5, "random", 128), (16, "random", 128),
+                                       (16, "one-expert", 128), (3, "random", 384), (16, "random", 384),
+                                       (7, "random", 160), (16, "one-expert", 160)])
+def test_layer_two_stage(T, route, I, monkeypatch):
+    """Decode calls (T <= 16, every down problem reading bf16) run gate_up, SiLU·mul and down in one launch
+    (mx_cuda_gemm_fused_layer): against the f32 reference, with a shared expert split into chunks (more groups),
+    empty experts and one expert taking every token, I of 1 and 3 tiles and I = 160 (per-channel schemes only:
+    K % 128 != 0; gate and up tiles 1.25 tiles each, the up problem's tiles starting mid-tile of the table);
+    bit-identical to the three-launch path when no tile is split (same tiles, same h: SiLU·mul as the act·up kernel
+    computes it); and the same under CUDA-graph replay."""
+    rng = np.random.default_rng(100 + T + I)
+    E, k, H, I_s = 8, 2, 256, 2 * I
+    schemes = TWO_STAGE_SCHEMES if I % 128 == 0 else [s for s in TWO_STAGE_SCHEMES if "g128" not in s]
+
+    def qw(N, K, scheme):
+        return mxmoe.quantize_rtn((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32), scheme)
+
+    experts = [tuple(qw(*shape, schemes[(e + j) % len(schemes)]) for j, shape in enumerate(((I, H), (I, H), (H, I))))
+               for e in range(E)]
+    shared_schemes = ("w4a16_g128_asym", "w2a16_g128_asym", "w4a16_g128_asym") if I % 128 == 0 else schemes[:3]
+    shared = [tuple(qw(*shape, scheme) for shape, scheme in zip(((I_s, H), (I_s, H), (H, I_s)), shared_schemes))]
+    layer = MoELayerCUDA(experts, top_k=k, shared_experts=shared)
+    assert layer.two_stage(T)
+    hidden = rng.standard_normal((T, H)).astype(np.float32)
+    idx = (np.stack([np.full(T, 3), np.full(T, 6)], 1) if route == "one-expert" else
+           np.stack([rng.permutation(E)[:k] for _ in range(T)]))
+    w = rng.random((T, k)).astype(np.float32)
+    gate_logits = rng.standard_normal(T).astype(np.float32)
+    h_bf16 = torch.from_numpy(hidden).to(torch.bfloat16)
+    args = (h_bf16.to(DEV), torch.from_numpy(idx.astype(np.int64)).to(DEV), torch.from_numpy(w).to(DEV))
+    gate = torch.from_numpy(gate_logits).to(DEV)
+    out = layer(*args, shared_gate_logits=gate)
+    torch.cuda.synchronize()
+    want = layer_reference(h_bf16.float().numpy(), idx, w, experts, shared, gate_logits)
+    rel = np.linalg.norm(out.float().cpu().numpy() - want) / np.linalg.norm(want)
+    assert rel < LAYER_REL_TOL, f"{T=}, {route=}: relative error {rel:.3e}"
+    monkeypatch.setenv("MXMOE_GEMM_SPLIT_TAIL", "0")
+    one_launch = layer(*args, shared_gate_logits=gate).clone()
+    monkeypatch.setenv("MXMOE_LAYER_FUSED", "0")
+    assert not layer.two_stage(T)
+    three_launches = layer(*args, shared_gate_logits=gate)
+    torch.cuda.synchronize()
+    assert torch.equal(one_launch, three_launches)
+    monkeypatch.delenv("MXMOE_LAYER_FUSED")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        static_out = layer(*args, shared_gate_logits=gate)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(2):  # a replay resets the schedule's counters and flags itself
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, one_launch)
+
+
 def test_layer_bad_input_before_launch():
     rng = np.random.default_rng(12)
     experts, _ = make_layer_weights(rng, 4, 256, 128, 128, 0)
