@@ -45,7 +45,7 @@ from ._scheme import Scheme, as_scheme, scheme_id
 
 __all__ = ["MoELayerCUDA", "LinearCUDA", "PackedBlock", "act_format", "check_forward_inputs", "experts_forward",
            "hadamard_factors", "linear_forward", "split_intermediate", "torch_hadamard",
-           "workspace_layout", "ACT_BF16", "ACT_INT8", "ACT_FP8", "ACT_INT4", "ACT_FORMAT_NAMES"]
+           "two_stage_advised", "workspace_layout", "ACT_BF16", "ACT_INT8", "ACT_FP8", "ACT_INT4", "ACT_FORMAT_NAMES"]
 
 # enum mx_cuda_act_format (cuda/mx_cuda.h)
 ACT_BF16, ACT_INT8, ACT_FP8, ACT_INT4 = 0, 1, 2, 3
@@ -56,13 +56,28 @@ _WEIGHT_DTYPE_CODES = {"bfloat16": 0, "float32": 1, "float16": 2}
 MAX_ROW = 32768
 MAX_GROUPS = 1024
 # Calls of at most this many tokens run both GEMMs and the SiLU·mul in one launch (mx_cuda_gemm_fused_layer) when
-# every down problem reads bf16, there is no online Hadamard and down's weight rows are short
-# (MoELayerCUDA.two_stage); MXMOE_LAYER_FUSED=0 turns it off, =1 on wherever it applies (A/B runs).
+# every down problem reads bf16, there is no online Hadamard and the intermediate size is at most
+# TWO_STAGE_MAX_INTERMEDIATE (MoELayerCUDA.two_stage); MXMOE_LAYER_FUSED=0 turns it off, =1 on wherever it applies.
 TWO_STAGE_MAX_TOKENS = 16
-# The longest down weight row (bytes: I x bits / 8) for which the two-stage launch is used: 12 of the decode stream
-# tiles' 128-byte chunks.  Measured on the H100 (NOTES session 10): Qwen1.5-MoE / DeepSeek-V2-Lite (704-byte rows at
-# w4) 4-9 % faster at 8-16 tokens and within 2 µs at 1-4; Mixtral (7168) 2-37 % slower at every token count.
-TWO_STAGE_MAX_DOWN_ROW_BYTES = 1536
+# Measured on the H100 (NOTES session 10), w4a16_g128 at 1-16 tokens: I = 1408 (Qwen1.5-MoE, DeepSeek-V2-Lite) 4-9 %
+# faster at 8-16 tokens and within 2 µs at 1-4; I = 14336 (Mixtral) 2-37 % slower at every token count.  The
+# threshold between them is not measured.
+TWO_STAGE_MAX_INTERMEDIATE = 4096
+
+
+def two_stage_advised(tokens: int, intermediate_size: int) -> bool:
+    """Whether a layer whose down blocks read bf16 (no online Hadamard) should run a call of `tokens` tokens as one
+    two-stage launch (mx_cuda_gemm_fused_layer): decode (tokens <= TWO_STAGE_MAX_TOKENS) and I <=
+    TWO_STAGE_MAX_INTERMEDIATE.  The one launch lets an expert's down tiles start while other experts' gate_up tiles
+    still run; but one CTA writes each expert's h rows while its down tiles wait, and the split tail cannot cut
+    down's tiles apart from gate_up's.  Both cost most where I is large (Mixtral: h rows of 14336, down tiles that
+    two launches split at 1-4 tokens).  MXMOE_LAYER_FUSED=0 turns the launch off, =1 on for every decode call."""
+    if tokens > TWO_STAGE_MAX_TOKENS:
+        return False
+    switch = os.environ.get("MXMOE_LAYER_FUSED")
+    if switch in ("0", "1"):
+        return switch == "1"
+    return intermediate_size <= TWO_STAGE_MAX_INTERMEDIATE
 
 
 def act_format(scheme: Scheme | str) -> int:
@@ -433,7 +448,6 @@ class MoELayerCUDA:
         self._gate_up_tables = self._tables(gate_up)
         self._down_tables = self._tables(down)
         # The two-stage decode launch's table: the gate_up table's records, then the down table's (one device copy)
-        self._down_row_bytes = max(I * b.scheme.w_bits // 8 for _, _, b in groups)  # the two-stage policy's
         self._layer_table = None
         if (self.down_formats == 1 << ACT_BF16 and down_hadamard is None and
                 len(gate_up) + len(down) <= self._cuda.GEMM_MAX_PROBLEMS):
@@ -511,19 +525,9 @@ class MoELayerCUDA:
             ws["gemm_workspace"].numel(), stream, part)
 
     def two_stage(self, tokens: int) -> bool:
-        """Whether a call of `tokens` tokens runs its two GEMMs and the SiLU·mul as one launch: decode (tokens <=
-        TWO_STAGE_MAX_TOKENS), bf16 inputs of down, no online Hadamard, and down weight rows of at most
-        TWO_STAGE_MAX_DOWN_ROW_BYTES.  The one launch lets an expert's down tiles start while other experts'
-        gate_up tiles still run; but one CTA writes each expert's h while its down tiles wait, and the split tail
-        cannot cut down's tiles apart from gate_up's.  Both cost most where down's rows are long (Mixtral: h rows
-        of 14336, 56-chunk down tiles that two launches split at 1-4 tokens).  MXMOE_LAYER_FUSED=0 turns the launch
-        off, =1 on wherever it applies."""
-        if self._layer_table is None or tokens > TWO_STAGE_MAX_TOKENS:
-            return False
-        switch = os.environ.get("MXMOE_LAYER_FUSED")
-        if switch in ("0", "1"):
-            return switch == "1"
-        return self._down_row_bytes <= TWO_STAGE_MAX_DOWN_ROW_BYTES
+        """Whether a call of `tokens` tokens runs its two GEMMs and the SiLU·mul as one launch: down reads bf16
+        without an online Hadamard, and `two_stage_advised(tokens, I)`."""
+        return self._layer_table is not None and two_stage_advised(tokens, self.intermediate_size)
 
     def forward(self, hidden: Any, top_k_index: Any, top_k_weights: Any, shared_gate_logits: Any = None, *,
                 sequential: bool = False, check_indices: bool = False) -> Any:
