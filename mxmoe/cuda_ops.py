@@ -16,9 +16,10 @@ Per call the host work is O(1) Python plus 6-7 kernel launches on the current st
 schedule kernels on two side streams that fork from it after the routing and join it before the first GEMM (they
 run beside the gather; capturable in a CUDA graph like the rest); scratch buffers are cached for the largest token
 count seen so far (warm up with the largest T before capturing a CUDA graph).  Decode calls (T <=
-TWO_STAGE_MAX_TOKENS) of layers whose down blocks read bf16 without an online Hadamard run gate|up, SiLU·mul and
-down as ONE launch (``mx_cuda_gemm_fused_layer``: an expert's down tiles start as soon as its gate|up tiles are
-stored, while other experts' gate|up tiles still run), with one schedule kernel on a side stream.
+TWO_STAGE_MAX_TOKENS) of layers with I <= TWO_STAGE_MAX_INTERMEDIATE whose down blocks read bf16 without an online
+Hadamard run gate|up, SiLU·mul and down as ONE launch (``mx_cuda_gemm_fused_layer``: an expert's down tiles
+start as soon as its gate|up tiles are stored, while other experts' gate|up tiles still run), with one schedule
+kernel on a side stream.
 
 Shared experts are expert groups whose rows are all T tokens.  A shared expert wider than the routed ones
 (Qwen1.5-MoE: 5632 = 4 x 1408) is split along its intermediate dimension into chunks of the routed width I (gate/up
