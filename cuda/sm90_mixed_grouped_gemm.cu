@@ -1393,11 +1393,13 @@ struct StageIO {  // the second stage's inputs and output (the first stage's are
 };
 struct LaunchArgs {  // the host's description of a launch
     int32_t n_problems;
-    int32_t n_stage0;             // == n_problems: a one-stage launch
-    mx_cuda_activations acts[2];  // per stage
-    uint16_t *y[2];
-    int64_t ldy[2];
-    int64_t act_I;                // two stages: the intermediate size
+    int32_t n_stage0;          // == n_problems: a one-stage launch
+    int32_t formats_mask;      // activation formats any problem reads (fp8 needs sm_89+)
+    mx_cuda_activations acts;  // the first stage's inputs and output
+    uint16_t *y;
+    int64_t ldy;
+    StageIO stage1;            // two stages: the second's (h, down)
+    int64_t act_I;             // two stages: the intermediate size
 };
 
 // h rows [row0, row0 + rows) = bf16(SiLU(y[:, :I]) · y[:, I:2I]) (all threads of the CTA).  The gate_up outputs
@@ -1804,7 +1806,6 @@ extern "C" size_t mx_cuda_gemm_workspace_bytes(int64_t max_rows, int32_t n_probl
 template <class V>
 static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule sched, const mx::LaunchArgs &args,
                                 int sms, cudaStream_t s, bool pdl) {
-    const mx::StageIO stage1{args.acts[1], args.y[1], args.ldy[1]};
     cudaError_t e = cudaFuncSetAttribute(mx::fused_grouped_gemm_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          V::smem);
     if (e != cudaSuccess) return e;
@@ -1818,8 +1819,8 @@ static cudaError_t launch_fused(const mx_cuda_problem *d_problems, mx::Schedule 
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
     config.attrs = attribute;
     config.numAttrs = pdl ? 1 : 0;
-    e = cudaLaunchKernelEx(&config, mx::fused_grouped_gemm_kernel<V>, d_problems, sched, args.acts[0], args.y[0],
-                           args.ldy[0], args.n_problems, args.n_stage0, stage1, args.act_I);
+    e = cudaLaunchKernelEx(&config, mx::fused_grouped_gemm_kernel<V>, d_problems, sched, args.acts, args.y, args.ldy,
+                           args.n_problems, args.n_stage0, args.stage1, args.act_I);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 
@@ -1905,6 +1906,9 @@ static enum mx_status gemm_launch(const mx_cuda_problem *d_problems, mx::LaunchA
     if (major * 10 + minor < 80)
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs sm_80 or newer, device is sm_%d%d", major,
                             minor);
+    if ((args.formats_mask & (1 << MX_CUDA_ACT_FP8)) && major * 10 + minor < 89)
+        return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
+                            "sm_%d%d", major, minor);
     if (smem_optin < mx::DecodeVariant::smem)
         return mx_error_set(err, MX_ERR_UNSUPPORTED, "the fused GEMM needs %d bytes of shared memory per block, device "
                             "sm_%d%d offers %d", mx::DecodeVariant::smem, major, minor, smem_optin);
@@ -1947,20 +1951,6 @@ static enum mx_status gemm_launch(const mx_cuda_problem *d_problems, mx::LaunchA
     return MX_OK;
 }
 
-// fp8 tensor cores (sm_89+) for a table that reads fp8 activations.
-static enum mx_status check_fp8(int32_t formats_mask, mx_error *err) {
-    if (!(formats_mask & (1 << MX_CUDA_ACT_FP8))) return MX_OK;
-    int device = 0, major = 0, minor = 0;
-    cudaError_t e = cudaGetDevice(&device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    if (e != cudaSuccess) return mx_error_set(err, MX_ERR_CUDA, "device query: %s", cudaGetErrorString(e));
-    if (major * 10 + minor < 89)
-        return mx_error_set(err, MX_ERR_UNSUPPORTED, "w8a8_g-1_sym_fp8 needs fp8 tensor cores (sm_89+), device is "
-                            "sm_%d%d", major, minor);
-    return MX_OK;
-}
-
 extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_problems, const mx_cuda_problems_info *info,
                                                   const int32_t *d_row_offsets, int32_t n_groups, int64_t max_rows,
                                                   const mx_cuda_activations *acts, uint16_t *d_y, int64_t ldy,
@@ -1968,16 +1958,16 @@ extern "C" enum mx_status mx_cuda_gemm_fused_part(const mx_cuda_problem *d_probl
                                                   mx_cuda_gemm_part part, mx_error *err) {
     if (!info || !acts) return mx_error_set(err, MX_ERR_INVALID_ARG, "info and acts must not be NULL");
     if (info->n_problems == 0 || max_rows == 0)  // nothing to compute (after the checks of these scalars)
-        return gemm_launch(d_problems, mx::LaunchArgs{info->n_problems, info->n_problems, {}, {}, {}, 0}, -1,
-                           d_row_offsets, n_groups, max_rows, d_workspace, workspace_bytes, stream, part, err);
-    enum mx_status status = check_stage("", info, acts, d_y, ldy, err);
-    if (status == MX_OK) status = check_fp8(info->formats_mask, err);
+        return gemm_launch(d_problems, mx::LaunchArgs{info->n_problems, info->n_problems}, -1, d_row_offsets,
+                           n_groups, max_rows, d_workspace, workspace_bytes, stream, part, err);
+    const enum mx_status status = check_stage("", info, acts, d_y, ldy, err);
     if (status != MX_OK) return status;
     mx::LaunchArgs args{};
     args.n_problems = args.n_stage0 = info->n_problems;
-    args.acts[0] = args.acts[1] = *acts;
-    args.y[0] = args.y[1] = d_y;
-    args.ldy[0] = args.ldy[1] = ldy;
+    args.formats_mask = info->formats_mask;
+    args.acts = *acts;
+    args.y = d_y;
+    args.ldy = ldy;
     return gemm_launch(d_problems, args, info->max_expert, d_row_offsets, n_groups, max_rows, d_workspace,
                        workspace_bytes, stream, part, err);
 }
@@ -2025,15 +2015,13 @@ extern "C" enum mx_status mx_cuda_gemm_fused_layer(const mx_cuda_problem *d_prob
     h.ld = ld_h;
     enum mx_status status = check_stage("gate_up: ", info_gate_up, x, d_gate_up, ld_gate_up, err);
     if (status == MX_OK) status = check_stage("down: ", info_down, &h, d_down, ld_down, err);
-    if (status == MX_OK) status = check_fp8(info_gate_up->formats_mask, err);
     if (status != MX_OK) return status;
     mx::LaunchArgs args{};
     args.n_stage0 = info_gate_up->n_problems;
     args.n_problems = info_gate_up->n_problems + info_down->n_problems;
-    args.acts[0] = *x;
-    args.acts[1] = h;
-    args.y[0] = d_gate_up, args.y[1] = d_down;
-    args.ldy[0] = ld_gate_up, args.ldy[1] = ld_down;
+    args.formats_mask = info_gate_up->formats_mask | info_down->formats_mask;
+    args.acts = *x, args.y = d_gate_up, args.ldy = ld_gate_up;
+    args.stage1 = mx::StageIO{h, d_down, ld_down};
     args.act_I = I;
     if (args.n_stage0 == 0 || info_down->n_problems == 0)  // one stage is empty: h is never computed
         return mx_error_set(err, MX_ERR_INVALID_ARG, "a two-stage launch needs gate_up and down problems (%d, %d)",
