@@ -660,8 +660,9 @@ struct StreamFacts {
     static constexpr int pack_bytes = 4 * W;        // one lane's 32 codes of one row
     static constexpr int piece = pack_bytes;        // a lane's pack in the ring: 16 (w4) or 8 (w2) bytes
     // Weight chunks in flight per warp while it computes one, and k per activation slice.  (w4 with 3 chunks in
-    // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16; what bounds the tile:
-    // bench/NOTES-gpu.md sessions 3-4 and 7, ~8 cycles per instruction spread over many stall reasons.)
+    // flight and 256-k slices, a barrier per chunk, measured 9-17 % slower at T=16; 3 in flight with these slices,
+    // each riding one chunk late so that two buffers still suffice, 1-8 % slower (session 11); what bounds the
+    // tile: bench/NOTES-gpu.md sessions 3-4 and 7, ~8 cycles per instruction spread over many stall reasons.)
     static constexpr int D = 2;
     static constexpr int KA = 512;
     static constexpr int C = KA / CK;                                 // chunks per slice
@@ -785,7 +786,7 @@ __device__ __noinline__ void stream_prepare_slice(char *smem, int s, int m) {
 
 // Returns whether this call stored the tile's results (false: a segment whose partial sums another CTA finishes).
 template <int ID, class T, bool TWO_HALVES>
-__device__ __noinline__ bool run_thin_stream(const TileJob &job, const StreamSegment &seg,
+__device__ __noinline__ bool run_thin_stream(const TileJob job, const StreamSegment seg,
                                              const mx_cuda_activations &acts, uint16_t *y, int64_t ldy, char *smem) {
     using S = Scheme<ID>;
     using F = StreamFacts<ID>;
@@ -797,7 +798,9 @@ __device__ __noinline__ bool run_thin_stream(const TileJob &job, const StreamSeg
     const uint8_t *const zeros = static_cast<const uint8_t *>(p.zeros);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    // The job's fields in registers too (job is a reference into the caller's frame: local memory)
+    // The job's fields in registers too.  job and seg come by value: by reference they lived in the kernel's
+    // local-memory frame (the decode kernel's frame 184 -> 176 bytes, the prefill kernel's 128 -> 0; the decode
+    // layer 1-7 % faster, NOTES session 11).
     const int m = job.m_rows, n0 = job.n0;
     const int64_t row0 = job.row0;
     const int c_begin = seg.c_begin, c_end = seg.c_end;
@@ -1056,7 +1059,7 @@ __device__ __noinline__ bool run_thin_stream(const TileJob &job, const StreamSeg
 
 // One tile of scheme ID with tile shape T: a stages-deep cp.async pipeline over K, then the epilogue.
 template <int ID, class T>
-__device__ __noinline__ void run_tile(const TileJob &job, const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
+__device__ __noinline__ void run_tile(const TileJob job, const mx_cuda_activations &acts, uint16_t *y, int64_t ldy,
                          char *smem) {
     using S = Scheme<ID>;
     using L = Stage<ID, T>;
