@@ -398,7 +398,8 @@ def run(args: argparse.Namespace) -> dict:
                     try:
                         us, graph = time_us(lambda: layer(hidden, idx, w, shared_gate_logits=gate,
                                                           sequential=sequential), flush, args.reps)
-                        record(model, tokens, impl, "layer", us, nbytes, flops, graph, **extra)
+                        record(model, tokens, impl, "layer", us, nbytes, flops, graph,
+                               two_stage=not sequential and layer.two_stage(tokens), **extra)
                         if "gemm" in args.scopes:
                             us, graph = time_us(lambda: layer.gemm_only(tokens, sequential), flush, args.reps)
                             record(model, tokens, impl, "gemm", us, nbytes - 4 * tokens * H, flops, graph, **extra)

@@ -16,10 +16,10 @@ Per call the host work is O(1) Python plus 6-7 kernel launches on the current st
 schedule kernels on two side streams that fork from it after the routing and join it before the first GEMM (they
 run beside the gather; capturable in a CUDA graph like the rest); scratch buffers are cached for the largest token
 count seen so far (warm up with the largest T before capturing a CUDA graph).  Decode calls (T <=
-TWO_STAGE_MAX_TOKENS) of layers with I <= TWO_STAGE_MAX_INTERMEDIATE whose down blocks read bf16 without an online
-Hadamard run gate|up, SiLU·mul and down as ONE launch (``mx_cuda_gemm_fused_layer``: an expert's down tiles
-start as soon as its gate|up tiles are stored, while other experts' gate|up tiles still run), with one schedule
-kernel on a side stream.
+TWO_STAGE_MAX_TOKENS) of layers with many experts (>= TWO_STAGE_MIN_EXPERTS) of I <= TWO_STAGE_MAX_INTERMEDIATE whose
+down blocks read bf16 without an online Hadamard run gate|up, SiLU·mul and down as ONE launch
+(``mx_cuda_gemm_fused_layer``: an expert's down tiles start as soon as its gate|up tiles are stored, while other
+experts' gate|up tiles still run), with one schedule kernel on a side stream.
 
 Shared experts are expert groups whose rows are all T tokens.  A shared expert wider than the routed ones
 (Qwen1.5-MoE: 5632 = 4 x 1408) is split along its intermediate dimension into chunks of the routed width I (gate/up
@@ -57,28 +57,35 @@ _WEIGHT_DTYPE_CODES = {"bfloat16": 0, "float32": 1, "float16": 2}
 MAX_ROW = 32768
 MAX_GROUPS = 1024
 # Calls of at most this many tokens run both GEMMs and the SiLU·mul in one launch (mx_cuda_gemm_fused_layer) when
-# every down problem reads bf16, there is no online Hadamard and the intermediate size is at most
-# TWO_STAGE_MAX_INTERMEDIATE (MoELayerCUDA.two_stage); MXMOE_LAYER_FUSED=0 turns it off, =1 on wherever it applies.
+# every down problem reads bf16, there is no online Hadamard, the layer has at least TWO_STAGE_MIN_EXPERTS routed
+# experts and an intermediate size of at most TWO_STAGE_MAX_INTERMEDIATE (MoELayerCUDA.two_stage);
+# MXMOE_LAYER_FUSED=0 turns it off, =1 on wherever it applies.
 TWO_STAGE_MAX_TOKENS = 16
-# Measured on the H100 (NOTES session 10), w4a16_g128 at 1-16 tokens: I = 1408 (Qwen1.5-MoE, DeepSeek-V2-Lite) 4-9 %
-# faster at 8-16 tokens and within 2 µs at 1-4; I = 14336 (Mixtral) 2-37 % slower at every token count.  The
-# threshold between them is not measured.
-TWO_STAGE_MAX_INTERMEDIATE = 4096
+# Measured on the H100, whole layer w4a16_g128 with and without the one launch (bench/two_stage_threshold.py,
+# bench/results/two-stage-threshold-h100.json; NOTES session 11): 60 experts top-4 H 2048 (Qwen-like) gain at
+# I = 1408 and 2816 at 1, 8 and 16 tokens (2-12 %), at I = 4096 only at 8-16 tokens (8 %; 31 % slower at 1 token),
+# and lose from I = 8192 (but 3 % at 14336 and 16 tokens); 8 experts top-2 H 4096 (Mixtral-like) hardly gain (4 % at
+# I = 1408 and 8 tokens, 10 % slower at 1 token; 5-45 % slower from I = 2816).  Expert counts between 8 and 60 are not
+# measured.
+TWO_STAGE_MAX_INTERMEDIATE = 2816
+TWO_STAGE_MIN_EXPERTS = 32
 
 
-def two_stage_advised(tokens: int, intermediate_size: int) -> bool:
-    """Whether a layer whose down blocks read bf16 (no online Hadamard) should run a call of `tokens` tokens as one
-    two-stage launch (mx_cuda_gemm_fused_layer): decode (tokens <= TWO_STAGE_MAX_TOKENS) and I <=
-    TWO_STAGE_MAX_INTERMEDIATE.  The one launch lets an expert's down tiles start while other experts' gate_up tiles
-    still run; but one CTA writes each expert's h rows while its down tiles wait, and the split tail cannot cut
-    down's tiles apart from gate_up's.  Both cost most where I is large (Mixtral: h rows of 14336, down tiles that
-    two launches split at 1-4 tokens).  MXMOE_LAYER_FUSED=0 turns the launch off, =1 on for every decode call."""
+def two_stage_advised(tokens: int, intermediate_size: int, n_experts: int) -> bool:
+    """Whether a layer of `n_experts` routed experts whose down blocks read bf16 (no online Hadamard) should run a call
+    of `tokens` tokens as one two-stage launch (mx_cuda_gemm_fused_layer): decode (tokens <= TWO_STAGE_MAX_TOKENS),
+    n_experts >= TWO_STAGE_MIN_EXPERTS and I <= TWO_STAGE_MAX_INTERMEDIATE.  The one launch lets an expert's down
+    tiles start while other experts' gate_up tiles still run, which pays where many small expert groups end at
+    different times; but one CTA writes each expert's h rows while its down tiles wait, and the split tail cannot cut
+    down's tiles apart from gate_up's.  Both cost most where I is large or the experts are few and large (Mixtral:
+    h rows of 14336, down tiles that two launches split at 1-4 tokens).  MXMOE_LAYER_FUSED=0 turns the launch off,
+    =1 on for every decode call."""
     if tokens > TWO_STAGE_MAX_TOKENS:
         return False
     switch = os.environ.get("MXMOE_LAYER_FUSED")
     if switch in ("0", "1"):
         return switch == "1"
-    return intermediate_size <= TWO_STAGE_MAX_INTERMEDIATE
+    return intermediate_size <= TWO_STAGE_MAX_INTERMEDIATE and n_experts >= TWO_STAGE_MIN_EXPERTS
 
 
 def act_format(scheme: Scheme | str) -> int:
@@ -527,8 +534,8 @@ class MoELayerCUDA:
 
     def two_stage(self, tokens: int) -> bool:
         """Whether a call of `tokens` tokens runs its two GEMMs and the SiLU·mul as one launch: down reads bf16
-        without an online Hadamard, and `two_stage_advised(tokens, I)`."""
-        return self._layer_table is not None and two_stage_advised(tokens, self.intermediate_size)
+        without an online Hadamard, and `two_stage_advised(tokens, I, n_experts)`."""
+        return self._layer_table is not None and two_stage_advised(tokens, self.intermediate_size, self.n_experts)
 
     def forward(self, hidden: Any, top_k_index: Any, top_k_weights: Any, shared_gate_logits: Any = None, *,
                 sequential: bool = False, check_indices: bool = False) -> Any:

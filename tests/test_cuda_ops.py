@@ -95,19 +95,21 @@ def _inputs(T=5, H=64, k=2, E=8):
 
 
 def test_two_stage_advised(monkeypatch):
-    """The decode layer's one-launch policy: decode calls of layers with I <= TWO_STAGE_MAX_INTERMEDIATE (Qwen1.5-MoE's
-    1408: faster on the H100; Mixtral's 14336: slower), never above TWO_STAGE_MAX_TOKENS; MXMOE_LAYER_FUSED forces
-    it either way for decode calls only."""
+    """The decode layer's one-launch policy: decode calls of layers with many experts (>= TWO_STAGE_MIN_EXPERTS) and
+    I <= TWO_STAGE_MAX_INTERMEDIATE (Qwen1.5-MoE's 60 experts of 1408: faster on the H100; Mixtral's 8 of 14336, and 8
+    of 1408: not), never above TWO_STAGE_MAX_TOKENS; MXMOE_LAYER_FUSED forces it either way for decode calls only."""
     monkeypatch.delenv("MXMOE_LAYER_FUSED", raising=False)
     advised = cuda_ops.two_stage_advised
-    assert advised(1, 1408) and advised(cuda_ops.TWO_STAGE_MAX_TOKENS, 1408)
-    assert not advised(cuda_ops.TWO_STAGE_MAX_TOKENS + 1, 1408)
-    assert advised(16, cuda_ops.TWO_STAGE_MAX_INTERMEDIATE)
-    assert not advised(1, 14336) and not advised(16, cuda_ops.TWO_STAGE_MAX_INTERMEDIATE + 128)
+    many, few = cuda_ops.TWO_STAGE_MIN_EXPERTS, cuda_ops.TWO_STAGE_MIN_EXPERTS - 1
+    assert advised(1, 1408, 60) and advised(cuda_ops.TWO_STAGE_MAX_TOKENS, 1408, 64)
+    assert not advised(cuda_ops.TWO_STAGE_MAX_TOKENS + 1, 1408, 60)
+    assert advised(16, cuda_ops.TWO_STAGE_MAX_INTERMEDIATE, many)
+    assert not advised(16, cuda_ops.TWO_STAGE_MAX_INTERMEDIATE + 128, many)
+    assert not advised(1, 14336, 8) and not advised(16, 1408, 8) and not advised(16, 1408, few)
     monkeypatch.setenv("MXMOE_LAYER_FUSED", "1")
-    assert advised(1, 14336) and not advised(17, 1408)
+    assert advised(1, 14336, 8) and not advised(17, 1408, 60)
     monkeypatch.setenv("MXMOE_LAYER_FUSED", "0")
-    assert not advised(1, 1408)
+    assert not advised(1, 1408, 60)
 
 
 def test_check_forward_inputs():
