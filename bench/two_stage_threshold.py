@@ -3,11 +3,12 @@
     python bench/two_stage_threshold.py --out bench/results/two-stage-threshold-h100.json
 
 `mxmoe.cuda_ops.two_stage_advised` runs a decode call (<= 16 tokens) of a layer as one launch (gate_up, SiLU·mul,
-down) only for layers of many experts with I <= TWO_STAGE_MAX_INTERMEDIATE.  This times the whole layer (routing -> combine, CUDA graph, L2
-flushed before each replay: mxmoe.bench_kernels.time_us) with the launch forced on and off (MXMOE_LAYER_FUSED=1 / 0)
-for two layer families whose I is swept: Mixtral-like (8 experts, top-2, H 4096) and Qwen1.5-MoE-like (60 experts,
-top-4, H 2048, no shared expert), random packed weights of one scheme, Zipf-skewed routing.  Writes one record per
-(family, I, tokens) with both times and their ratio; prints a table.
+down) only for layers of many experts (TWO_STAGE_MIN_EXPERTS) with I <= TWO_STAGE_MAX_INTERMEDIATE.  This times the
+whole layer (routing -> combine, CUDA graph, L2 flushed before each replay: mxmoe.bench_kernels.time_us) with the
+launch forced on and off (MXMOE_LAYER_FUSED=1 / 0) for two layer families whose I is swept: Mixtral-like (8
+experts, top-2, H 4096) and Qwen1.5-MoE-like (60 experts, top-4, H 2048, no shared expert), random packed weights of
+one scheme, Zipf-skewed routing.  Writes one record per (family, I, tokens) with both times and their ratio; prints a
+table.
 """
 from __future__ import annotations
 
