@@ -528,9 +528,8 @@ class MoELayerCUDA:
             self._layer_table.data_ptr(), self._gate_up_tables["fused"][1], self._down_tables["fused"][1],
             ws["row_offsets"].data_ptr(), self.n_experts + self.n_shared_groups, n_rows, x_acts,
             ws["y_gate_up"].data_ptr(), ws["y_gate_up"].shape[1], ws["h_bf16"].data_ptr(), ws["h_bf16"].shape[1],
-            self.intermediate_size,
-            ws["y_down"].data_ptr(), ws["y_down"].shape[1], ws["gemm_workspace"].data_ptr(),
-            ws["gemm_workspace"].numel(), stream, part)
+            self.intermediate_size, ws["y_down"].data_ptr(), ws["y_down"].shape[1],
+            ws["gemm_workspace"].data_ptr(), ws["gemm_workspace"].numel(), stream, part)
 
     def two_stage(self, tokens: int) -> bool:
         """Whether a call of `tokens` tokens runs its two GEMMs and the SiLU·mul as one launch: down reads bf16
